@@ -1,0 +1,2 @@
+// Placeholder until the browser client lands (issue 3).
+(window as unknown as { rhtmxSync: object }).rhtmxSync = {};

@@ -1,0 +1,203 @@
+/**
+ * Engine configuration: the seed's `SyncConfig` builder and `SyncStrategy`
+ * enums, translated to TypeScript, plus the plain-object form.
+ */
+import type { Row } from './protocol.js';
+
+/** How a conflicting push is settled (the seed's `SyncStrategy`). */
+export const SyncStrategy = {
+  /** The write with the newest hybrid-logical-clock timestamp wins (default). */
+  LastWriteWins: 'last-write-wins',
+  /** The pushed change always wins. */
+  ClientWins: 'client-wins',
+  /** A push based on a stale version never overwrites the server row. */
+  ServerWins: 'server-wins',
+  /** A `resolve` function merges server and client rows. */
+  Custom: 'custom',
+} as const;
+export type SyncStrategy = (typeof SyncStrategy)[keyof typeof SyncStrategy];
+
+/** How concurrent edits of the same field are settled (the seed's `FieldMergeStrategy`). */
+export const FieldMergeStrategy = {
+  LastWriteWins: 'last-write-wins',
+  KeepBoth: 'keep-both',
+  ServerWins: 'server-wins',
+  ClientWins: 'client-wins',
+} as const;
+export type FieldMergeStrategy = (typeof FieldMergeStrategy)[keyof typeof FieldMergeStrategy];
+
+/**
+ * A custom conflict resolver (the seed's `ConflictResolver::resolve`).
+ * Gets the server row (null when deleted), the client's row and the row at
+ * the client's base version when the log still has it; returns the row to
+ * store, or null to keep the server row and report a conflict.
+ * Must be synchronous: it runs inside the write transaction.
+ */
+export type ConflictResolver = (server: Row | null, client: Row, base: Row | null) => Row | null;
+
+/** One synced entity: the seed's `#[derive(Syncable)] #[sync(table, strategy)]` as data. */
+export interface EntityConfig {
+  /** Name on the wire and in `rhtmx:<name>:changed`. */
+  name: string;
+  /** Table name; defaults to `name`. */
+  table?: string;
+  /** Primary key column; introspected when omitted. */
+  primaryKey?: string;
+  strategy?: SyncStrategy;
+  resolve?: ConflictResolver;
+  /** The app's own route prefixes for this entity (offline htmx mapping). Defaults to `/<name>`. */
+  routes?: string[];
+}
+
+/** Safety limits, each with a clear error when exceeded. */
+export interface SyncLimits {
+  /** Largest accepted request body, bytes. */
+  maxBodyBytes: number;
+  /** Deepest accepted JSON nesting. */
+  maxJsonDepth: number;
+  /** Most changes in one push. */
+  maxPushChanges: number;
+  /** Largest WebSocket message, bytes (ws's own default is 100 MiB). */
+  maxWsMessageBytes: number;
+  /** Default and largest pull page size. */
+  defaultPullLimit: number;
+  maxPullLimit: number;
+  /** Bytes a live consumer may have queued before it is dropped and told to catch up by pull. */
+  maxBufferedBytes: number;
+  /** WebSocket messages a connection may send per second. */
+  wsMessagesPerSecond: number;
+}
+
+export const DEFAULT_LIMITS: SyncLimits = {
+  maxBodyBytes: 1024 * 1024,
+  maxJsonDepth: 32,
+  maxPushChanges: 1000,
+  maxWsMessageBytes: 1024 * 1024,
+  defaultPullLimit: 1000,
+  maxPullLimit: 10_000,
+  maxBufferedBytes: 8 * 1024 * 1024,
+  wsMessagesPerSecond: 200,
+};
+
+/** A minimal structured logger (pino, console and most loggers fit). */
+export interface SyncLogger {
+  debug(obj: object | string, msg?: string): void;
+  info(obj: object | string, msg?: string): void;
+  warn(obj: object | string, msg?: string): void;
+  error(obj: object | string, msg?: string): void;
+}
+
+/** Plain-object configuration (the seed's `SyncConfig { db_pool, entities, strategy, debug }`). */
+export interface SyncEngineOptions {
+  /** A better-sqlite3 `Database`, a pg `Pool`, or a ready `Store`. */
+  db: unknown;
+  entities: Array<string | EntityConfig>;
+  /** Default strategy for entities that set none. */
+  strategy?: SyncStrategy;
+  /** Enables field-level sync with this merge strategy. */
+  fieldSync?: FieldMergeStrategy | false;
+  debug?: boolean;
+  logger?: SyncLogger;
+  basePath?: string;
+  fieldBasePath?: string;
+  limits?: Partial<SyncLimits>;
+  /** SSE heartbeat interval, ms. */
+  heartbeatMs?: number;
+  /** How often the store checks for writes made outside the engine, ms. */
+  pollMs?: number;
+  /** Where the built browser client lives; defaults to the package's dist/client. */
+  clientDir?: string;
+}
+
+/** The seed's builder: `new SyncConfig(db, ['todos']).withStrategy(...).withFieldSync(...)`. */
+export class SyncConfig implements SyncEngineOptions {
+  strategy?: SyncStrategy;
+  fieldSync?: FieldMergeStrategy | false;
+  debug?: boolean;
+  logger?: SyncLogger;
+  basePath?: string;
+  fieldBasePath?: string;
+  limits?: Partial<SyncLimits>;
+  heartbeatMs?: number;
+  pollMs?: number;
+  clientDir?: string;
+
+  constructor(
+    readonly db: unknown,
+    readonly entities: Array<string | EntityConfig>,
+  ) {}
+
+  withStrategy(strategy: SyncStrategy): this {
+    this.strategy = strategy;
+    return this;
+  }
+  withFieldSync(strategy: FieldMergeStrategy = FieldMergeStrategy.LastWriteWins): this {
+    this.fieldSync = strategy;
+    return this;
+  }
+  withDebug(debug = true): this {
+    this.debug = debug;
+    return this;
+  }
+  withLogger(logger: SyncLogger): this {
+    this.logger = logger;
+    return this;
+  }
+  withLimits(limits: Partial<SyncLimits>): this {
+    this.limits = { ...this.limits, ...limits };
+    return this;
+  }
+  withBasePath(basePath: string): this {
+    this.basePath = basePath;
+    return this;
+  }
+}
+
+/** An entity with every default filled in. */
+export interface ResolvedEntity {
+  name: string;
+  table: string;
+  primaryKey?: string;
+  strategy: SyncStrategy;
+  resolve?: ConflictResolver;
+  routes: string[];
+}
+
+const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
+
+/** Validate and fill defaults; throws on a configuration the engine cannot serve. */
+export function resolveEntities(options: SyncEngineOptions): ResolvedEntity[] {
+  if (!Array.isArray(options.entities) || options.entities.length === 0) {
+    throw new TypeError('SyncEngine: `entities` must list at least one entity');
+  }
+  const seen = new Set<string>();
+  return options.entities.map((entry) => {
+    const entity: EntityConfig = typeof entry === 'string' ? { name: entry } : entry;
+    const table = entity.table ?? entity.name;
+    for (const [what, value] of [
+      ['entity name', entity.name],
+      ['table name', table],
+    ] as const) {
+      if (typeof value !== 'string' || !IDENTIFIER.test(value) || value.startsWith('_rhtmx')) {
+        throw new TypeError(`SyncEngine: invalid ${what} ${JSON.stringify(value)}`);
+      }
+    }
+    if (seen.has(entity.name)) throw new TypeError(`SyncEngine: entity ${entity.name} listed twice`);
+    seen.add(entity.name);
+    const strategy = entity.strategy ?? (entity.resolve ? SyncStrategy.Custom : (options.strategy ?? SyncStrategy.LastWriteWins));
+    if (strategy === SyncStrategy.Custom && !entity.resolve) {
+      throw new TypeError(`SyncEngine: entity ${entity.name} uses the custom strategy without a resolve function`);
+    }
+    return {
+      name: entity.name,
+      table,
+      primaryKey: entity.primaryKey,
+      strategy,
+      resolve: entity.resolve,
+      routes: entity.routes ?? [`/${entity.name}`],
+    };
+  });
+}
+
+/** Quotes an identifier that has already been checked against the real schema. */
+export const quoteIdent = (name: string): string => `"${name.replaceAll('"', '""')}"`;

@@ -1,0 +1,220 @@
+/**
+ * ChangeHub: one in-process fan-out point between the change log and every
+ * live connection (SSE streams and WebSockets), whatever transport.
+ *
+ * The hub reads the log once per wake-up and hands the same batch to every
+ * subscriber; the JSON of a batch is encoded once per distinct entity filter,
+ * not once per client. Each subscriber keeps its own cursor: one that falls
+ * behind (it joined with an old cursor, or the hub skipped it) is caught up
+ * from the log before it goes live again, so no change is lost or repeated.
+ */
+import type { Change, LiveChangeMessage } from './protocol.js';
+import type { Store } from './store.js';
+
+/** A batch of consecutive log entries `(from, version]`. */
+export class LiveBatch {
+  private readonly encoded = new Map<string, string | null>();
+
+  constructor(
+    /** Every change with a version in (from, version] is in `changes` (for all entities). */
+    readonly from: number,
+    readonly version: number,
+    readonly changes: readonly Change[],
+  ) {}
+
+  /**
+   * The `change` message for one entity filter, encoded once and shared by
+   * every subscriber with that filter; null when nothing in it concerns them.
+   */
+  messageFor(filter: EntityFilter): string | null {
+    const cached = this.encoded.get(filter.key);
+    if (cached !== undefined) return cached;
+    const changes = filter.all ? this.changes : this.changes.filter((change) => filter.entities.has(change.entity));
+    let text: string | null = null;
+    if (changes.length > 0) {
+      const message: LiveChangeMessage = { type: 'change', version: this.version, changes: changes as Change[] };
+      if (changes.length === 1) message.change = changes[0];
+      text = JSON.stringify(message);
+    }
+    this.encoded.set(filter.key, text);
+    return text;
+  }
+}
+
+/** Which entities a subscriber wants; `key` identifies equal filters for shared encoding. */
+export class EntityFilter {
+  readonly key: string;
+  constructor(
+    readonly entities: ReadonlySet<string>,
+    readonly all = false,
+  ) {
+    this.key = all ? '*' : [...entities].sort().join(',');
+  }
+}
+
+/** What a transport gives the hub for one connection. */
+export interface Subscriber {
+  filter: EntityFilter;
+  /** Deliver one encoded batch; `version` is the cursor after it. Returns false if the consumer is gone. */
+  deliver(batch: LiveBatch, version: number): void;
+}
+
+interface SubscriberState {
+  subscriber: Subscriber;
+  cursor: number;
+  catchingUp: boolean;
+  closed: boolean;
+}
+
+export interface HubOptions {
+  /** Log entries read per wake-up. */
+  pageSize?: number;
+  onError?: (error: unknown) => void;
+}
+
+export class ChangeHub {
+  private readonly subscribers = new Set<SubscriberState>();
+  private version = 0;
+  private reading = false;
+  private wakeAgain = false;
+  private stopWatching: (() => void) | null = null;
+  private readonly pageSize: number;
+  private readonly onError: (error: unknown) => void;
+  /** Resolvers waiting for the hub to reach a version (tests and push acks). */
+  private waiters: Array<{ version: number; resolve: () => void }> = [];
+
+  constructor(
+    private readonly store: Store,
+    options: HubOptions = {},
+  ) {
+    this.pageSize = options.pageSize ?? 1000;
+    this.onError = options.onError ?? (() => {});
+  }
+
+  /** Start following the log from its current end. */
+  async start(): Promise<void> {
+    this.version = await this.store.currentVersion();
+    this.stopWatching = this.store.watch(() => this.wake());
+  }
+
+  /** The highest version fanned out so far. */
+  get currentVersion(): number {
+    return this.version;
+  }
+
+  get subscriberCount(): number {
+    return this.subscribers.size;
+  }
+
+  /**
+   * Register a live consumer. With `since`, it first receives every change
+   * after that version from the log, then goes live without a gap.
+   */
+  subscribe(subscriber: Subscriber, since?: number): () => void {
+    const state: SubscriberState = { subscriber, cursor: since ?? this.version, catchingUp: false, closed: false };
+    this.subscribers.add(state);
+    if (state.cursor < this.version) void this.catchUp(state);
+    return () => {
+      state.closed = true;
+      this.subscribers.delete(state);
+    };
+  }
+
+  /** Something was written: read the log and fan out. Safe to call often. */
+  wake(): void {
+    if (this.reading) {
+      this.wakeAgain = true;
+      return;
+    }
+    void this.drain();
+  }
+
+  /** Resolves once the hub has fanned out everything up to `version`. */
+  reached(version: number): Promise<void> {
+    if (this.version >= version) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push({ version, resolve }));
+  }
+
+  private async drain(): Promise<void> {
+    this.reading = true;
+    try {
+      do {
+        this.wakeAgain = false;
+        const page = await this.store.readLog(this.version, this.pageSize);
+        if (page.version > this.version) {
+          const batch = new LiveBatch(this.version, page.version, page.changes);
+          this.version = page.version;
+          this.publish(batch);
+          if (page.hasMore) this.wakeAgain = true;
+        }
+      } while (this.wakeAgain);
+    } catch (error) {
+      this.onError(error);
+    } finally {
+      this.reading = false;
+      this.releaseWaiters();
+    }
+  }
+
+  private releaseWaiters(): void {
+    if (this.waiters.length === 0) return;
+    const due = this.waiters.filter((waiter) => waiter.version <= this.version);
+    this.waiters = this.waiters.filter((waiter) => waiter.version > this.version);
+    for (const waiter of due) waiter.resolve();
+  }
+
+  private publish(batch: LiveBatch): void {
+    for (const state of this.subscribers) {
+      if (state.catchingUp) continue; // the catch-up loop reads this range from the log
+      if (state.cursor < batch.from) {
+        void this.catchUp(state);
+        continue;
+      }
+      if (state.cursor >= batch.version) continue;
+      state.cursor = batch.version;
+      this.safeDeliver(state, batch);
+    }
+  }
+
+  private safeDeliver(state: SubscriberState, batch: LiveBatch): void {
+    try {
+      state.subscriber.deliver(batch, batch.version);
+    } catch (error) {
+      this.onError(error);
+    }
+  }
+
+  /** Read the subscriber's missing range from the log, then hand it back to live delivery. */
+  private async catchUp(state: SubscriberState): Promise<void> {
+    if (state.catchingUp) return;
+    state.catchingUp = true;
+    try {
+      // Loop until the cursor meets the hub's: the check and the switch back to
+      // live happen in one tick, so no batch published meanwhile is skipped.
+      while (!state.closed && state.cursor < this.version) {
+        const page = await this.store.readLog(state.cursor, this.pageSize);
+        if (state.closed) return;
+        // Never run past what the hub itself has published: live delivery resumes there.
+        const upTo = Math.min(page.version, this.version);
+        const changes = page.changes.filter((change) => change.version <= upTo);
+        if (upTo <= state.cursor) break;
+        const batch = new LiveBatch(state.cursor, upTo, changes);
+        state.cursor = upTo;
+        this.safeDeliver(state, batch);
+      }
+    } catch (error) {
+      this.onError(error);
+    } finally {
+      state.catchingUp = false;
+    }
+  }
+
+  stop(): void {
+    this.stopWatching?.();
+    this.stopWatching = null;
+    for (const state of this.subscribers) state.closed = true;
+    this.subscribers.clear();
+    for (const waiter of this.waiters) waiter.resolve();
+    this.waiters = [];
+  }
+}

@@ -1,0 +1,205 @@
+/**
+ * The wire vocabulary shared by the server and the browser client.
+ *
+ * This file must stay dependency-free and free of Node APIs: the browser
+ * client imports it, and esbuild inlines it into `client.js`.
+ * docs/protocol.md is the prose version of these types.
+ */
+
+/** Where the engine mounts its routes unless configured otherwise. */
+export const DEFAULT_BASE_PATH = '/api/sync';
+/** Where field-level sync routes live. */
+export const DEFAULT_FIELD_BASE_PATH = '/api/field-sync';
+
+/** What happened to a row. `create` and `update` carry the whole row in `data`. */
+export type ChangeAction = 'create' | 'update' | 'delete';
+
+/** A row as JSON: column name to value. */
+export type Row = Record<string, unknown>;
+
+/** One entry of the change log as it travels to clients. */
+export interface Change {
+  /** The entity (synced table) the change belongs to. */
+  entity: string;
+  /** The row's primary key, as a string (the seed sends numbers too; we normalise). */
+  id: string;
+  /** Same as `id`; kept because the seed's clients read `entity_id`. */
+  entity_id: string;
+  action: ChangeAction;
+  /** The whole row after the change; `null` for deletes. */
+  data: Row | null;
+  /** Global, strictly increasing change-log version. */
+  version: number;
+  /** Hybrid logical clock timestamp of the write (see core/hlc.ts). */
+  hlc?: number;
+  /** The client that pushed the change, when it came through a push. */
+  client_id?: string | null;
+}
+
+/** `GET /api/sync/:entity?since=V` answer. */
+export interface PullResponse {
+  entity: string;
+  /** Cursor to continue from: every change up to this version is included or superseded. */
+  version: number;
+  changes: Change[];
+  /** More pages follow: pull again with `since=version` (or the `next` snapshot cursor). */
+  has_more: boolean;
+  /**
+   * The cursor was older than the retained change log (or `since=0`): `changes`
+   * is a snapshot of current rows, and the client must drop its local copy of
+   * the entity before applying it. Only set on the first page of a reset.
+   */
+  reset?: boolean;
+  /** Snapshot pagination: pass back as `?since=0&snapshot=<next>` to get the next page. */
+  next?: string;
+}
+
+/** One client mutation in a push. */
+export interface PushChange {
+  /** Per-client increasing number; retried pushes with an already applied id are skipped. */
+  mutation_id?: number;
+  /** Row id. May be omitted on create for tables whose key the database assigns. */
+  id?: string | number | null;
+  action: ChangeAction;
+  /** Columns to write. Updates may be partial. */
+  data?: Row | null;
+  /** The row version the client last saw; enables conflict detection. */
+  base_version?: number | null;
+  /** The client's hybrid logical clock timestamp, or an ISO date / epoch ms (seed style). */
+  timestamp?: number | string | null;
+}
+
+/** `POST /api/sync/:entity` body. */
+export interface PushRequest {
+  client_id?: string;
+  changes: PushChange[];
+}
+
+/** What happened to one pushed change. */
+export type PushStatus = 'applied' | 'conflict' | 'rejected';
+
+export interface PushResult {
+  mutation_id?: number;
+  /** Row id as stored (the database-assigned one for creates without id). */
+  id: string | null;
+  status: PushStatus;
+  /** The change-log version the write produced (applied only). */
+  version?: number;
+  /** True when this mutation id was already applied by an earlier push: nothing was written again. */
+  duplicate?: boolean;
+  /** Conflicts: the server's current row (`null` when the server row is deleted). Merges: the merged row. */
+  row?: Row | null;
+  /** Current server version of the row (conflicts). */
+  server_version?: number;
+  /** Why a change was rejected or lost. */
+  reason?: string;
+  /** A custom resolver produced a merged row that differs from what the client sent. */
+  merged?: boolean;
+}
+
+/** `POST /api/sync/:entity` answer. */
+export interface PushResponse {
+  entity: string;
+  results: PushResult[];
+  /** Highest change-log version after the push. */
+  version: number;
+}
+
+/** Error body of every 4xx/5xx answer. */
+export interface ErrorBody {
+  error: { code: string; message: string; details?: unknown };
+}
+
+/** Payload of a live change message (SSE `data:` and WebSocket `change`). */
+export interface LiveChangeMessage {
+  type: 'change';
+  /** Every change up to this version for the subscribed entities has been sent. */
+  version: number;
+  changes: Change[];
+  /** Present when the batch holds exactly one change (the seed's single-change shape). */
+  change?: Change;
+}
+
+/** Messages a WebSocket client sends on `/api/sync/ws`. `ref` is echoed in the reply. */
+export type ClientMessage =
+  | { type: 'subscribe'; entities: string[]; since?: number; ref?: string | number }
+  | { type: 'unsubscribe'; entities: string[]; ref?: string | number }
+  | { type: 'sync'; entity: string; since?: number; limit?: number; snapshot?: string; ref?: string | number }
+  | ({ type: 'push'; entity: string; ref?: string | number } & (
+      | { client_id?: string; changes: PushChange[] }
+      | {
+          entity_id?: string | number;
+          action: ChangeAction;
+          data?: Row | null;
+          mutation_id?: number;
+          client_id?: string;
+          base_version?: number;
+          timestamp?: number | string;
+        }
+    ))
+  | { type: 'ping'; ref?: string | number; t?: number };
+
+/** Messages the server sends on `/api/sync/ws`. */
+export type ServerMessage =
+  | { type: 'hello'; version: number; server_time: number; entities: string[] }
+  | { type: 'subscribed'; entities: string[]; version: number; ref?: string | number }
+  | { type: 'unsubscribed'; entities: string[]; ref?: string | number }
+  | ({ type: 'sync'; ref?: string | number } & PullResponse)
+  | {
+      type: 'push_ack';
+      entity: string;
+      /** Seed shape for single-change pushes. */
+      entity_id?: string | null;
+      version: number;
+      results: PushResult[];
+      ref?: string | number;
+    }
+  | LiveChangeMessage
+  | { type: 'pong'; ref?: string | number; t?: number; server_time: number }
+  | { type: 'error'; code: string; message: string; ref?: string | number };
+
+/** Column description published by `GET /api/sync/schema` so clients can coerce form values. */
+export interface ColumnSchema {
+  name: string;
+  /** Normalised type: what the client coerces form strings to. */
+  type: 'integer' | 'number' | 'boolean' | 'text' | 'json' | 'blob';
+  nullable: boolean;
+  primaryKey: boolean;
+}
+
+export interface EntitySchemaInfo {
+  name: string;
+  primaryKey: string;
+  columns: ColumnSchema[];
+  /** How the app's own routes name this entity (e.g. `/todos`), for the offline htmx mapping. */
+  routes: string[];
+}
+
+/** `GET /api/sync/schema` answer. */
+export interface SchemaResponse {
+  version: number;
+  entities: EntitySchemaInfo[];
+  field_sync: boolean;
+}
+
+/** Error codes used across HTTP and WebSocket. */
+export const ErrorCode = {
+  BadRequest: 'bad_request',
+  BadJson: 'bad_json',
+  UnknownEntity: 'unknown_entity',
+  UnknownColumn: 'unknown_column',
+  BadCursor: 'bad_cursor',
+  TooLarge: 'payload_too_large',
+  TooDeep: 'json_too_deep',
+  NotFound: 'not_found',
+  MethodNotAllowed: 'method_not_allowed',
+  Unauthorized: 'unauthorized',
+  Forbidden: 'forbidden',
+  RateLimited: 'rate_limited',
+  Internal: 'internal',
+  UnknownMessage: 'unknown_message',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** WebSocket close code sent to a consumer that fell too far behind; it reconnects and pulls. */
+export const CLOSE_SLOW_CONSUMER = 4008;

@@ -1,0 +1,156 @@
+/**
+ * SyncService: the transport-free heart of the engine. Pull, push and schema
+ * answers as plain objects; HTTP and WebSocket both call these.
+ */
+import type { ResolvedEntity, SyncLimits } from './config.js';
+import { decideWrite } from './conflict.js';
+import { badRequest, SyncError } from './errors.js';
+import type { HybridClock } from './hlc.js';
+import { type Change, ErrorCode, type PullResponse, type PushResponse, type PushResult, type SchemaResponse } from './protocol.js';
+import type { AppliedChange, Store, TableSchema } from './store.js';
+import { validatePush } from './validation.js';
+
+export interface PullParams {
+  since: number;
+  limit: number;
+  /** Continuation token of a snapshot (`next` of the previous page). */
+  snapshot?: string | null;
+}
+
+interface SyncedEntity {
+  config: ResolvedEntity;
+  schema: TableSchema;
+}
+
+export class SyncService {
+  private readonly entities = new Map<string, SyncedEntity>();
+
+  constructor(
+    readonly store: Store,
+    configs: ResolvedEntity[],
+    schemas: TableSchema[],
+    private readonly clock: HybridClock,
+    readonly limits: SyncLimits,
+    private readonly fieldSync: boolean,
+  ) {
+    for (const config of configs) {
+      const schema = schemas.find((candidate) => candidate.entity === config.name);
+      if (!schema) throw new Error(`rhtmx-sync: no schema for ${config.name}`);
+      this.entities.set(config.name, { config, schema });
+    }
+  }
+
+  get entityNames(): string[] {
+    return [...this.entities.keys()];
+  }
+
+  /** The entity, or a 404 that names the known ones. */
+  entity(name: string): SyncedEntity {
+    const entity = typeof name === 'string' ? this.entities.get(name) : undefined;
+    if (!entity) {
+      throw new SyncError(ErrorCode.UnknownEntity, `unknown entity ${JSON.stringify(String(name).slice(0, 64))}`, 404);
+    }
+    return entity;
+  }
+
+  /** Validate an entity list from a query string or a subscribe message. */
+  entityList(names: unknown): string[] {
+    if (!Array.isArray(names) || names.some((name) => typeof name !== 'string')) {
+      throw badRequest('entities must be a list of entity names');
+    }
+    for (const name of names) this.entity(name);
+    return names as string[];
+  }
+
+  async pull(entityName: string, params: PullParams): Promise<PullResponse> {
+    const { schema } = this.entity(entityName);
+    if (params.snapshot) {
+      const { version, after } = decodeSnapshotToken(params.snapshot);
+      const page = await this.store.snapshot(schema.entity, params.limit, after, version);
+      return this.snapshotResponse(entityName, page, false);
+    }
+    const retained = params.since > 0 ? await this.store.retainedSince(schema.entity) : 0;
+    if (params.since === 0 || params.since < retained) {
+      // A fresh client, or a cursor older than the pruned log: send the current rows, marked as a reset.
+      const page = await this.store.snapshot(schema.entity, params.limit);
+      return this.snapshotResponse(entityName, page, true);
+    }
+    const page = await this.store.readEntityLog(schema.entity, params.since, params.limit);
+    return { entity: entityName, version: page.version, changes: latestPerRow(page.changes), has_more: page.hasMore };
+  }
+
+  private snapshotResponse(entity: string, page: { changes: Change[]; version: number; after?: string }, first: boolean): PullResponse {
+    const response: PullResponse = { entity, version: page.version, changes: page.changes, has_more: page.after !== undefined };
+    if (first) response.reset = true;
+    if (page.after !== undefined) response.next = encodeSnapshotToken(page.version, page.after);
+    return response;
+  }
+
+  async push(entityName: string, body: unknown): Promise<PushResponse> {
+    const { config, schema } = this.entity(entityName);
+    const { clientId, changes } = validatePush(body, schema, this.limits);
+    const policy = { strategy: config.strategy, resolve: config.resolve, clock: this.clock };
+    const applied = await this.store.push({
+      schema,
+      clientId,
+      changes,
+      decide: (change, server) => decideWrite(policy, change, server),
+    });
+    return { entity: entityName, results: applied.map(toPushResult), version: await this.store.currentVersion() };
+  }
+
+  async schema(): Promise<SchemaResponse> {
+    return {
+      version: await this.store.currentVersion(),
+      field_sync: this.fieldSync,
+      entities: [...this.entities.values()].map(({ config, schema }) => ({
+        name: config.name,
+        primaryKey: schema.primaryKey,
+        columns: schema.columns,
+        routes: config.routes,
+      })),
+    };
+  }
+}
+
+/** Within one page only the newest entry per row matters; older ones are superseded. */
+function latestPerRow(changes: Change[]): Change[] {
+  if (changes.length < 2) return changes;
+  const seen = new Set<string>();
+  const kept: Change[] = [];
+  for (let index = changes.length - 1; index >= 0; index--) {
+    const change = changes[index] as Change;
+    if (seen.has(change.id)) continue;
+    seen.add(change.id);
+    kept.push(change);
+  }
+  return kept.reverse();
+}
+
+function toPushResult(change: AppliedChange): PushResult {
+  const result: PushResult = { id: change.id, status: change.status };
+  if (change.mutationId !== null) result.mutation_id = change.mutationId;
+  if (change.version !== undefined) result.version = change.version;
+  if (change.duplicate) result.duplicate = true;
+  if (change.row !== undefined) result.row = change.row;
+  if (change.serverVersion !== undefined) result.server_version = change.serverVersion;
+  if (change.reason !== undefined) result.reason = change.reason;
+  if (change.merged) result.merged = true;
+  return result;
+}
+
+/** Snapshot continuation: the version the snapshot is pinned to and the last key served. */
+export function encodeSnapshotToken(version: number, after: string): string {
+  return Buffer.from(JSON.stringify([version, after])).toString('base64url');
+}
+
+export function decodeSnapshotToken(token: string): { version: number; after: string } {
+  try {
+    if (token.length > 1024) throw new Error('too long');
+    const [version, after] = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as [unknown, unknown];
+    if (!Number.isSafeInteger(version) || (version as number) < 0 || typeof after !== 'string') throw new Error('shape');
+    return { version: version as number, after };
+  } catch {
+    throw new SyncError(ErrorCode.BadCursor, 'invalid snapshot token', 400);
+  }
+}

@@ -1,0 +1,261 @@
+/**
+ * SyncEngine: the composition root. It picks a store for the database it is
+ * given, installs change capture, starts the fan-out hub and exposes the
+ * routes as a Web-standard `fetch` plus `attach(server)` for WebSockets.
+ */
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import {
+  DEFAULT_LIMITS,
+  type FieldMergeStrategy,
+  type ResolvedEntity,
+  resolveEntities,
+  type SyncConfig,
+  type SyncEngineOptions,
+  type SyncLimits,
+  type SyncLogger,
+} from './core/config.js';
+import { SyncError } from './core/errors.js';
+import { HybridClock } from './core/hlc.js';
+import { ChangeHub } from './core/hub.js';
+import {
+  DEFAULT_BASE_PATH,
+  DEFAULT_FIELD_BASE_PATH,
+  ErrorCode,
+  type PullResponse,
+  type PushResponse,
+  type SchemaResponse,
+} from './core/protocol.js';
+import type { Store } from './core/store.js';
+import { SyncService } from './core/sync-service.js';
+import { ClientAssets } from './transports/assets.js';
+import { errorResponse, HttpRoutes } from './transports/http.js';
+import { sendWebResponse, toWebRequest } from './transports/node.js';
+import { WebSocketTransport } from './transports/websocket.js';
+
+function consoleLogger(debug: boolean): SyncLogger {
+  const write = (level: string, sink: (...args: unknown[]) => void) => (obj: object | string, msg?: string) =>
+    sink(`[rhtmx-sync] ${level}`, typeof obj === 'string' ? obj : (msg ?? ''), typeof obj === 'string' ? '' : obj);
+  return {
+    debug: debug ? write('debug', console.debug) : () => {},
+    info: debug ? write('info', console.info) : () => {},
+    warn: write('warn', console.warn),
+    error: write('error', console.error),
+  };
+}
+
+const isStore = (db: unknown): db is Store => typeof db === 'object' && db !== null && 'readLog' in db && 'push' in db && 'init' in db;
+const isBetterSqlite = (db: unknown): boolean => typeof db === 'object' && db !== null && 'prepare' in db && 'pragma' in db;
+const isPgPool = (db: unknown): boolean => typeof db === 'object' && db !== null && 'query' in db && 'connect' in db && !('prepare' in db);
+
+export class SyncEngine {
+  /** Resolves once tables are introspected and triggers installed. Requests wait for it. */
+  readonly ready: Promise<void>;
+  readonly basePath: string;
+  readonly fieldBasePath: string;
+  readonly limits: SyncLimits;
+  readonly logger: SyncLogger;
+  readonly clock: HybridClock;
+  readonly entities: ResolvedEntity[];
+  readonly fieldStrategy: FieldMergeStrategy | null;
+  private readonly options: SyncEngineOptions;
+  private state: {
+    store: Store;
+    service: SyncService;
+    hub: ChangeHub;
+    http: HttpRoutes;
+    ws: WebSocketTransport;
+  } | null = null;
+  private closed = false;
+
+  constructor(config: SyncEngineOptions | SyncConfig) {
+    this.options = config;
+    this.entities = resolveEntities(config);
+    this.basePath = (config.basePath ?? DEFAULT_BASE_PATH).replace(/\/+$/, '');
+    this.fieldBasePath = (config.fieldBasePath ?? DEFAULT_FIELD_BASE_PATH).replace(/\/+$/, '');
+    this.limits = { ...DEFAULT_LIMITS, ...config.limits };
+    // Quiet by default (warnings and errors only); `debug: true` is the seed's debug logging.
+    this.logger = config.logger ?? consoleLogger(config.debug === true);
+    this.clock = new HybridClock();
+    this.fieldStrategy = config.fieldSync ? config.fieldSync : null;
+    this.ready = this.init();
+    // A failed init is reported to every request and to `await engine.ready`; avoid an unhandled rejection meanwhile.
+    this.ready.catch(() => {});
+  }
+
+  /** The seed's `SyncEngine::new(config).await`. */
+  static async create(config: SyncEngineOptions | SyncConfig): Promise<SyncEngine> {
+    const engine = new SyncEngine(config);
+    await engine.ready;
+    return engine;
+  }
+
+  private async createStore(): Promise<Store> {
+    const db = this.options.db;
+    if (isStore(db)) return db;
+    if (isBetterSqlite(db)) {
+      const { SqliteStore } = await import('./stores/sqlite.js');
+      return new SqliteStore(db as ConstructorParameters<typeof SqliteStore>[0], { pollMs: this.options.pollMs });
+    }
+    if (isPgPool(db)) {
+      const { PostgresStore } = await import('./stores/postgres.js');
+      return new PostgresStore(db as ConstructorParameters<typeof PostgresStore>[0], { pollMs: this.options.pollMs });
+    }
+    throw new TypeError('SyncEngine: `db` must be a better-sqlite3 Database, a pg Pool or a Store');
+  }
+
+  private async init(): Promise<void> {
+    const store = await this.createStore();
+    const schemas = await store.init(
+      this.entities.map((entity) => ({ entity: entity.name, table: entity.table, primaryKey: entity.primaryKey })),
+    );
+    const service = new SyncService(store, this.entities, schemas, this.clock, this.limits, this.fieldStrategy !== null);
+    const onError = (error: unknown) => this.logger.error({ err: error }, 'rhtmx-sync: internal error');
+    const hub = new ChangeHub(store, { onError });
+    await hub.start();
+    const http = new HttpRoutes(service, hub, {
+      basePath: this.basePath,
+      limits: this.limits,
+      heartbeatMs: this.options.heartbeatMs ?? 15_000,
+      assets: new ClientAssets(this.options.clientDir),
+      onError,
+    });
+    const ws = new WebSocketTransport(service, hub, {
+      path: `${this.basePath}/ws`,
+      limits: this.limits,
+      heartbeatMs: this.options.heartbeatMs ?? 30_000,
+      onError,
+    });
+    this.state = { store, service, hub, http, ws };
+    this.logger.debug({ entities: service.entityNames, dialect: store.dialect }, 'rhtmx-sync: ready');
+  }
+
+  private async running() {
+    await this.ready;
+    if (!this.state || this.closed) throw new SyncError(ErrorCode.Internal, 'sync engine is closed', 503);
+    return this.state;
+  }
+
+  /** Whether a path belongs to the engine (sync or field-sync routes). */
+  matches(pathname: string): boolean {
+    return [this.basePath, this.fieldBasePath].some((base) => pathname === base || pathname.startsWith(`${base}/`));
+  }
+
+  /** Answer a request for one of the engine's routes; null when the path is not the engine's. */
+  async handle(request: Request): Promise<Response | null> {
+    if (!this.matches(new URL(request.url).pathname)) return null;
+    try {
+      const { http } = await this.running();
+      return await http.handle(request);
+    } catch (error) {
+      return errorResponse(error instanceof SyncError ? error : new SyncError(ErrorCode.Internal, 'sync engine unavailable', 503));
+    }
+  }
+
+  /** Web-standard handler: the engine's answer, or a JSON 404 for any other path. */
+  fetch = async (request: Request): Promise<Response> => {
+    return (
+      (await this.handle(request)) ??
+      errorResponse(new SyncError(ErrorCode.NotFound, `no route ${new URL(request.url).pathname.slice(0, 100)}`, 404))
+    );
+  };
+
+  /** node:http handler: answers and returns true for the engine's paths, returns false for others. */
+  handleNode = async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
+    const path = ((req as { originalUrl?: string }).originalUrl ?? req.url ?? '/').split('?')[0] ?? '/';
+    if (!this.matches(path)) return false;
+    const response = await this.handle(toWebRequest(req, res));
+    if (response) await sendWebResponse(res, response, req.method);
+    return response !== null;
+  };
+
+  /** Route WebSocket upgrades for the engine's paths on this server. */
+  attach(server: Server): this {
+    server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+      this.handleUpgrade(request, socket, head);
+    });
+    return this;
+  }
+
+  /** Take over an upgrade for the engine's WebSocket paths; returns false for other paths. */
+  handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): boolean {
+    const path = (request.url ?? '').split('?')[0] ?? '';
+    if (!this.matches(path)) return false;
+    void this.running().then(
+      ({ ws }) => {
+        if (!ws.handleUpgrade(request, socket, head)) {
+          socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
+        }
+      },
+      () => socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n'),
+    );
+    return true;
+  }
+
+  /** `{ basePath, fetch, handleNode }`: the seed's `engine.routes()` for any server. */
+  routes() {
+    return { basePath: this.basePath, fieldBasePath: this.fieldBasePath, fetch: this.fetch, handleNode: this.handleNode };
+  }
+
+  /** Programmatic pull (same answer as `GET /api/sync/:entity`). */
+  async pull(entity: string, since = 0, limit = this.limits.defaultPullLimit): Promise<PullResponse> {
+    const { service } = await this.running();
+    return service.pull(entity, { since, limit });
+  }
+
+  /** Programmatic push (same contract as `POST /api/sync/:entity`). */
+  async push(entity: string, body: unknown): Promise<PushResponse> {
+    const { service, hub } = await this.running();
+    const response = await service.push(entity, body);
+    hub.wake();
+    return response;
+  }
+
+  async schema(): Promise<SchemaResponse> {
+    return (await this.running()).service.schema();
+  }
+
+  /** Latest change-log version. */
+  async currentVersion(): Promise<number> {
+    return (await this.running()).store.currentVersion();
+  }
+
+  /** Resolves once every change up to `version` has been fanned out to live clients. */
+  async fannedOut(version: number): Promise<void> {
+    const { hub } = await this.running();
+    hub.wake();
+    await hub.reached(version);
+  }
+
+  /** Tell the engine about a write it cannot see yet (it polls anyway; this just skips the wait). */
+  notify(): void {
+    this.state?.hub.wake();
+  }
+
+  /** Live connection counts by transport. */
+  connections(): { websocket: number; live: number } {
+    return { websocket: this.state?.ws.connectionCount ?? 0, live: this.state?.hub.subscriberCount ?? 0 };
+  }
+
+  /** Prune change-log entries older than `days` (fractions allowed). Returns how many were removed. */
+  async cleanup(days: number): Promise<number> {
+    if (!Number.isFinite(days) || days < 0) throw new TypeError('cleanup(days): days must be a non-negative number');
+    const { store } = await this.running();
+    return store.cleanup(Date.now() - days * 86_400_000);
+  }
+
+  /** The store in use (for advanced use and tests). */
+  async store(): Promise<Store> {
+    return (await this.running()).store;
+  }
+
+  /** Close live connections and stop watching the database. The database handle stays open: it is the app's. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.state) return;
+    this.state.hub.stop();
+    await this.state.ws.close();
+    await this.state.store.close();
+  }
+}

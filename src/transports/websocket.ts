@@ -1,0 +1,264 @@
+/**
+ * WebSocket transport: `/api/sync/ws`, the seed's message protocol.
+ *
+ * Every request message gets exactly one reply (`subscribed`, `sync`,
+ * `push_ack`, `pong` or `error`), echoing `ref` when the client sent one.
+ * Live changes arrive as `change` messages. Limits: message size (ws's own
+ * default of 100 MiB is far too trusting), messages per second, and bytes
+ * queued for a slow reader (past it the socket is closed with 4008 and the
+ * client reconnects and pulls).
+ */
+import type { IncomingMessage, Server } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { type WebSocket, WebSocketServer } from 'ws';
+import type { SyncLimits } from '../core/config.js';
+import { badRequest, SyncError, toSyncError } from '../core/errors.js';
+import { type ChangeHub, EntityFilter } from '../core/hub.js';
+import { CLOSE_SLOW_CONSUMER, ErrorCode, type ServerMessage } from '../core/protocol.js';
+import type { SyncService } from '../core/sync-service.js';
+import { parseJson } from '../core/validation.js';
+
+export interface WebSocketOptions {
+  path: string;
+  limits: SyncLimits;
+  /** Server → client ping interval; a socket that misses one is terminated. */
+  heartbeatMs: number;
+  onError?: (error: unknown) => void;
+  /** Extra message types (field-level sync) handled before the entity protocol. */
+  extra?: (message: Record<string, unknown>, connection: SyncConnection) => Promise<ServerMessage | null>;
+}
+
+/** One client's socket and its subscription state. */
+export class SyncConnection {
+  filter = new EntityFilter(new Set());
+  unsubscribe: (() => void) | null = null;
+  alive = true;
+  private tokens: number;
+  private refilledAt = Date.now();
+
+  constructor(
+    readonly socket: WebSocket,
+    private readonly limits: SyncLimits,
+  ) {
+    this.tokens = limits.wsMessagesPerSecond;
+  }
+
+  send(message: ServerMessage | string): void {
+    if (this.socket.readyState !== this.socket.OPEN) return;
+    if (this.socket.bufferedAmount > this.limits.maxBufferedBytes) {
+      // Never queue without bound for a reader that does not keep up.
+      this.socket.close(CLOSE_SLOW_CONSUMER, 'slow consumer: reconnect and pull');
+      return;
+    }
+    this.socket.send(typeof message === 'string' ? message : JSON.stringify(message));
+  }
+
+  /** Token bucket: `wsMessagesPerSecond` sustained, the same as burst. */
+  takeToken(): boolean {
+    const now = Date.now();
+    const rate = this.limits.wsMessagesPerSecond;
+    this.tokens = Math.min(rate, this.tokens + ((now - this.refilledAt) / 1000) * rate);
+    this.refilledAt = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}
+
+export class WebSocketTransport {
+  readonly server: WebSocketServer;
+  private readonly connections = new Set<SyncConnection>();
+  private readonly heartbeat: NodeJS.Timeout;
+
+  constructor(
+    private readonly service: SyncService,
+    private readonly hub: ChangeHub,
+    private readonly options: WebSocketOptions,
+  ) {
+    this.server = new WebSocketServer({
+      noServer: true,
+      maxPayload: options.limits.maxWsMessageBytes,
+      perMessageDeflate: {
+        threshold: 1024,
+        // Bound what a compressed frame may inflate to (gzip bombs): ws checks maxPayload after inflating.
+        zlibInflateOptions: { chunkSize: 16 * 1024 },
+        concurrencyLimit: 4,
+      },
+    });
+    this.heartbeat = setInterval(() => this.pingAll(), options.heartbeatMs);
+    this.heartbeat.unref();
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Route upgrades for our path on an http(s) server; other paths are left to other listeners. */
+  attach(server: Server): void {
+    server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+      this.handleUpgrade(request, socket, head);
+    });
+  }
+
+  /** Take over an upgrade request if it is for our path; returns whether it was. */
+  handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): boolean {
+    const path = (request.url ?? '').split('?')[0];
+    if (path !== this.options.path) return false;
+    this.server.handleUpgrade(request, socket, head, (ws) => this.accept(ws));
+    return true;
+  }
+
+  private accept(socket: WebSocket): void {
+    const connection = new SyncConnection(socket, this.options.limits);
+    this.connections.add(connection);
+    socket.on('pong', () => {
+      connection.alive = true;
+    });
+    socket.on('message', (data, isBinary) => {
+      connection.alive = true;
+      void this.onMessage(connection, data as Buffer, isBinary);
+    });
+    socket.on('close', () => {
+      connection.unsubscribe?.();
+      this.connections.delete(connection);
+    });
+    socket.on('error', () => socket.terminate());
+    connection.send({
+      type: 'hello',
+      version: this.hub.currentVersion,
+      server_time: Date.now(),
+      entities: this.service.entityNames,
+    });
+  }
+
+  private async onMessage(connection: SyncConnection, data: Buffer, isBinary: boolean): Promise<void> {
+    let ref: string | number | undefined;
+    try {
+      if (!connection.takeToken()) {
+        throw new SyncError(ErrorCode.RateLimited, `more than ${this.options.limits.wsMessagesPerSecond} messages per second`, 429);
+      }
+      if (isBinary) throw badRequest('binary messages are not supported; send JSON text');
+      const message = parseJson(data.toString('utf8'), this.options.limits);
+      if (typeof message !== 'object' || message === null || Array.isArray(message)) {
+        throw badRequest('a message must be a JSON object');
+      }
+      const record = message as Record<string, unknown>;
+      if (typeof record.ref === 'string' || typeof record.ref === 'number') ref = record.ref;
+      const reply = (await this.options.extra?.(record, connection)) ?? (await this.dispatch(record, connection, ref));
+      connection.send(reply);
+    } catch (error) {
+      const syncError = toSyncError(error);
+      if (syncError.status >= 500) this.options.onError?.(error);
+      const reply: ServerMessage = { type: 'error', code: syncError.code, message: syncError.message };
+      if (ref !== undefined) reply.ref = ref;
+      connection.send(reply);
+    }
+  }
+
+  private async dispatch(
+    message: Record<string, unknown>,
+    connection: SyncConnection,
+    ref: string | number | undefined,
+  ): Promise<ServerMessage> {
+    const withRef = <T extends ServerMessage>(reply: T): T => (ref === undefined ? reply : { ...reply, ref });
+    switch (message.type) {
+      case 'ping':
+        return withRef({ type: 'pong', server_time: Date.now(), ...(typeof message.t === 'number' ? { t: message.t } : {}) });
+      case 'subscribe': {
+        const entities = this.service.entityList(message.entities);
+        const since = optionalCursor(message.since, 'since');
+        this.subscribe(connection, new Set([...connection.filter.entities, ...entities]), since);
+        return withRef({ type: 'subscribed', entities: [...connection.filter.entities], version: this.hub.currentVersion });
+      }
+      case 'unsubscribe': {
+        const entities = this.service.entityList(message.entities);
+        const remaining = new Set([...connection.filter.entities].filter((name) => !entities.includes(name)));
+        this.subscribe(connection, remaining, undefined);
+        return withRef({ type: 'unsubscribed', entities });
+      }
+      case 'sync': {
+        if (typeof message.entity !== 'string') throw badRequest('sync needs an entity');
+        const since = optionalCursor(message.since, 'since') ?? 0;
+        const limit = optionalCursor(message.limit, 'limit') ?? this.options.limits.defaultPullLimit;
+        if (limit < 1 || limit > this.options.limits.maxPullLimit) {
+          throw badRequest(`limit must be between 1 and ${this.options.limits.maxPullLimit}`);
+        }
+        const snapshot = typeof message.snapshot === 'string' ? message.snapshot : null;
+        const page = await this.service.pull(message.entity, { since, limit, snapshot });
+        return withRef({ type: 'sync', ...page });
+      }
+      case 'push': {
+        if (typeof message.entity !== 'string') throw badRequest('push needs an entity');
+        // The seed's single-change shape, or our batch shape with client and mutation ids.
+        const body = Array.isArray(message.changes)
+          ? { client_id: message.client_id, changes: message.changes }
+          : {
+              client_id: message.client_id,
+              changes: [
+                {
+                  id: message.entity_id ?? message.id,
+                  action: message.action,
+                  data: message.data,
+                  mutation_id: message.mutation_id,
+                  base_version: message.base_version,
+                  timestamp: message.timestamp,
+                },
+              ],
+            };
+        const response = await this.service.push(message.entity, body);
+        this.hub.wake();
+        const first = response.results[0];
+        return withRef({
+          type: 'push_ack',
+          entity: response.entity,
+          entity_id: response.results.length === 1 ? (first?.id ?? null) : undefined,
+          version: response.results.length === 1 ? (first?.version ?? response.version) : response.version,
+          results: response.results,
+        });
+      }
+      default:
+        throw new SyncError(ErrorCode.UnknownMessage, `unknown message type ${JSON.stringify(String(message.type).slice(0, 32))}`);
+    }
+  }
+
+  private subscribe(connection: SyncConnection, entities: Set<string>, since: number | undefined): void {
+    connection.unsubscribe?.();
+    connection.filter = new EntityFilter(entities);
+    connection.unsubscribe = null;
+    if (entities.size === 0) return;
+    const filter = connection.filter;
+    connection.unsubscribe = this.hub.subscribe(
+      {
+        filter,
+        deliver(batch) {
+          const text = batch.messageFor(filter);
+          if (text !== null) connection.send(text);
+        },
+      },
+      since,
+    );
+  }
+
+  private pingAll(): void {
+    for (const connection of this.connections) {
+      if (!connection.alive) {
+        connection.socket.terminate();
+        continue;
+      }
+      connection.alive = false;
+      connection.socket.ping();
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.heartbeat);
+    for (const connection of this.connections) connection.socket.close(1001, 'server shutting down');
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+function optionalCursor(value: unknown, name: string): number | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (!Number.isSafeInteger(value) || (value as number) < 0) throw badRequest(`${name} must be a non-negative integer`);
+  return value as number;
+}
