@@ -28,6 +28,7 @@ import {
 } from './core/protocol.js';
 import type { Store } from './core/store.js';
 import { SyncService } from './core/sync-service.js';
+import type { FieldSyncModule } from './field/index.js';
 import { ClientAssets } from './transports/assets.js';
 import { errorResponse, HttpRoutes } from './transports/http.js';
 import { sendWebResponse, toWebRequest } from './transports/node.js';
@@ -65,6 +66,7 @@ export class SyncEngine {
     hub: ChangeHub;
     http: HttpRoutes;
     ws: WebSocketTransport;
+    field: FieldSyncModule | null;
   } | null = null;
   private closed = false;
 
@@ -113,7 +115,22 @@ export class SyncEngine {
     const onError = (error: unknown) => this.logger.error({ err: error }, 'rhtmx-sync: internal error');
     const hub = new ChangeHub(store, { onError });
     await hub.start();
+    let field: FieldSyncModule | null = null;
+    if (this.fieldStrategy !== null) {
+      const { createFieldSync } = await import('./field/index.js');
+      field = await createFieldSync({
+        store,
+        service,
+        hub,
+        clock: this.clock,
+        strategy: this.fieldStrategy,
+        limits: this.limits,
+        basePath: this.fieldBasePath,
+        logger: this.logger,
+      });
+    }
     const http = new HttpRoutes(service, hub, {
+      extra: field ? (request, url) => field.handle(request, url) : undefined,
       basePath: this.basePath,
       limits: this.limits,
       heartbeatMs: this.options.heartbeatMs ?? 15_000,
@@ -126,7 +143,7 @@ export class SyncEngine {
       heartbeatMs: this.options.heartbeatMs ?? 30_000,
       onError,
     });
-    this.state = { store, service, hub, http, ws };
+    this.state = { store, service, hub, http, ws, field };
     this.logger.debug({ entities: service.entityNames, dialect: store.dialect }, 'rhtmx-sync: ready');
   }
 
@@ -182,8 +199,8 @@ export class SyncEngine {
     const path = (request.url ?? '').split('?')[0] ?? '';
     if (!this.matches(path)) return false;
     void this.running().then(
-      ({ ws }) => {
-        if (!ws.handleUpgrade(request, socket, head)) {
+      ({ ws, field }) => {
+        if (!ws.handleUpgrade(request, socket, head) && !field?.handleUpgrade(request, socket, head)) {
           socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
         }
       },
@@ -256,6 +273,7 @@ export class SyncEngine {
     if (!this.state) return;
     this.state.hub.stop();
     await this.state.ws.close();
+    await this.state.field?.close();
     await this.state.store.close();
   }
 }

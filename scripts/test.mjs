@@ -1,0 +1,26 @@
+#!/usr/bin/env node
+// Runs every test file with node's own test runner (through tsx for TypeScript).
+// Usage: node scripts/test.mjs [file-or-substring ...]
+import { spawnSync } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
+
+const root = new URL('..', import.meta.url).pathname;
+const files = [];
+const walk = (dir) => {
+  for (const name of readdirSync(dir)) {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) walk(path);
+    else if (name.endsWith('.test.ts')) files.push(relative(root, path));
+  }
+};
+walk(join(root, 'test'));
+const filters = process.argv.slice(2);
+const selected = filters.length ? files.filter((file) => filters.some((filter) => file.includes(filter))) : files;
+selected.sort();
+const result = spawnSync(
+  process.execPath,
+  ['--import', 'tsx', '--test', '--test-reporter=spec', `--test-concurrency=${process.env.TEST_CONCURRENCY ?? 2}`, ...selected],
+  { cwd: root, stdio: 'inherit' },
+);
+process.exit(result.status ?? 1);
