@@ -78,7 +78,7 @@ export class SyncEngine {
     this.limits = { ...DEFAULT_LIMITS, ...config.limits };
     // Quiet by default (warnings and errors only); `debug: true` is the seed's debug logging.
     this.logger = config.logger ?? consoleLogger(config.debug === true);
-    this.clock = new HybridClock();
+    this.clock = new HybridClock(Date.now, config.maxClockDriftMs);
     this.fieldStrategy = config.fieldSync ? config.fieldSync : null;
     this.ready = this.init();
     // A failed init is reported to every request and to `await engine.ready`; avoid an unhandled rejection meanwhile.
@@ -182,7 +182,7 @@ export class SyncEngine {
     const path = ((req as { originalUrl?: string }).originalUrl ?? req.url ?? '/').split('?')[0] ?? '/';
     if (!this.matches(path)) return false;
     const response = await this.handle(toWebRequest(req, res));
-    if (response) await sendWebResponse(res, response, req.method);
+    if (response) await sendWebResponse(res, response, req);
     return response !== null;
   };
 

@@ -107,6 +107,8 @@ export interface SyncEngineOptions {
   pollMs?: number;
   /** Where the built browser client lives; defaults to the package's dist/client. */
   clientDir?: string;
+  /** How far ahead of the server clock a client timestamp may be before it is clamped, ms (default 1000). */
+  maxClockDriftMs?: number;
 }
 
 /** The seed's builder: `new SyncConfig(db, ['todos']).withStrategy(...).withFieldSync(...)`. */
@@ -121,6 +123,7 @@ export class SyncConfig implements SyncEngineOptions {
   heartbeatMs?: number;
   pollMs?: number;
   clientDir?: string;
+  maxClockDriftMs?: number;
 
   constructor(
     readonly db: unknown,

@@ -20,7 +20,7 @@ export class HybridClock {
   constructor(
     private readonly wallClock: () => number = Date.now,
     /** How far ahead of the server's clock a client timestamp may be before it is clamped. */
-    readonly maxDriftMs = 60_000,
+    readonly maxDriftMs = 1_000,
   ) {}
 
   /** A fresh timestamp, strictly greater than every one issued or received before. */

@@ -203,19 +203,18 @@ export class SqliteStore implements Store {
     const rowJson = this.rowJsonBuilder(schema);
     const stamp = `COALESCE((SELECT hlc FROM ${CONTEXT_TABLE} WHERE id = 1), ${NOW_MS} * 4096)`;
     const origin = `(SELECT client_id FROM ${CONTEXT_TABLE} WHERE id = 1)`;
-    const insertLog = (action: ChangeAction, idRef: string, data: string) =>
+    // INSERT … SELECT so one trigger can log conditionally (the re-key delete below).
+    const insertLog = (action: ChangeAction, idRef: string, data: string, when = '1') =>
       `INSERT INTO ${LOG_TABLE} (entity, entity_id, action, data, hlc, client_id, created_at)
-       VALUES (${entity}, CAST(${idRef} AS TEXT), '${action}', ${data}, ${stamp}, ${origin}, ${NOW_MS});`;
+       SELECT ${entity}, CAST(${idRef} AS TEXT), '${action}', ${data}, ${stamp}, ${origin}, ${NOW_MS} WHERE ${when};`;
     const name = (suffix: string) => quoteIdent(`_rhtmx_${schema.table}_${suffix}`);
     for (const suffix of ['insert', 'update', 'rekey', 'delete']) this.db.exec(`DROP TRIGGER IF EXISTS ${name(suffix)}`);
     this.db.exec(`
       CREATE TRIGGER ${name('insert')} AFTER INSERT ON ${table} BEGIN
         ${insertLog('create', `NEW.${key}`, rowJson('NEW'))}
       END;
-      CREATE TRIGGER ${name('rekey')} AFTER UPDATE ON ${table} WHEN OLD.${key} IS NOT NEW.${key} BEGIN
-        ${insertLog('delete', `OLD.${key}`, 'NULL')}
-      END;
       CREATE TRIGGER ${name('update')} AFTER UPDATE ON ${table} BEGIN
+        ${insertLog('delete', `OLD.${key}`, 'NULL', `OLD.${key} IS NOT NEW.${key}`)}
         ${insertLog('update', `NEW.${key}`, rowJson('NEW'))}
       END;
       CREATE TRIGGER ${name('delete')} AFTER DELETE ON ${table} BEGIN

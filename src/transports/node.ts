@@ -30,11 +30,14 @@ export function toWebRequest(req: IncomingMessage, res?: ServerResponse): Reques
 }
 
 /** Write a Web Response to a Node response, respecting backpressure for streams. */
-export async function sendWebResponse(res: ServerResponse, response: Response, method = 'GET'): Promise<void> {
+export async function sendWebResponse(res: ServerResponse, response: Response, req?: IncomingMessage): Promise<void> {
+  const method = req?.method ?? 'GET';
   const headers: Record<string, string | string[]> = {};
   response.headers.forEach((value, name) => {
     headers[name] = value;
   });
+  // A refused body (too large) was not read to its end: the connection cannot be reused safely.
+  if (req && !req.complete && method !== 'GET' && method !== 'HEAD') headers.connection = 'close';
   const setCookies = response.headers.getSetCookie?.();
   if (setCookies && setCookies.length > 0) headers['set-cookie'] = setCookies;
   res.writeHead(response.status, headers);
