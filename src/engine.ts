@@ -3,7 +3,7 @@
  * given, installs change capture, starts the fan-out hub and exposes the
  * routes as a Web-standard `fetch` plus `attach(server)` for WebSockets.
  */
-import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import {
   DEFAULT_LIMITS,
@@ -43,6 +43,11 @@ function consoleLogger(debug: boolean): SyncLogger {
     warn: write('warn', console.warn),
     error: write('error', console.error),
   };
+}
+
+/** Anything that emits Node's `upgrade` event: http.Server, https.Server, the servers of Express, Hono and Fastify. */
+export interface UpgradeSource {
+  on(event: 'upgrade', listener: (request: IncomingMessage, socket: Duplex, head: Buffer) => void): unknown;
 }
 
 const isStore = (db: unknown): db is Store => typeof db === 'object' && db !== null && 'readLog' in db && 'push' in db && 'init' in db;
@@ -187,7 +192,7 @@ export class SyncEngine {
   };
 
   /** Route WebSocket upgrades for the engine's paths on this server. */
-  attach(server: Server): this {
+  attach(server: UpgradeSource): this {
     server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
       this.handleUpgrade(request, socket, head);
     });

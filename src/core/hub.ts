@@ -57,6 +57,8 @@ export interface Subscriber {
   filter: EntityFilter;
   /** Deliver one encoded batch; `version` is the cursor after it. Returns false if the consumer is gone. */
   deliver(batch: LiveBatch, version: number): void;
+  /** Called when the hub stops (engine closing): end the connection so servers can close. */
+  end?(): void;
 }
 
 interface SubscriberState {
@@ -212,7 +214,10 @@ export class ChangeHub {
   stop(): void {
     this.stopWatching?.();
     this.stopWatching = null;
-    for (const state of this.subscribers) state.closed = true;
+    for (const state of this.subscribers) {
+      state.closed = true;
+      state.subscriber.end?.();
+    }
     this.subscribers.clear();
     for (const waiter of this.waiters) waiter.resolve();
     this.waiters = [];

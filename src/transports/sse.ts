@@ -79,6 +79,7 @@ export function openEventStream(options: EventStreamOptions): Response {
               const frame = frameFor(batch, filter);
               if (frame) send(frame);
             },
+            end: () => close(controller),
           },
           options.since,
         );
