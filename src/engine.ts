@@ -5,6 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { ConnectionLimiter } from './core/access.js';
 import {
   DEFAULT_LIMITS,
   type FieldMergeStrategy,
@@ -134,7 +135,10 @@ export class SyncEngine {
         logger: this.logger,
       });
     }
+    const limiter = new ConnectionLimiter(this.limits.maxConnectionsPerUser);
+    const access = { authorize: this.options.authorize, allowedOrigins: this.options.allowedOrigins, limiter };
     const http = new HttpRoutes(service, hub, {
+      ...access,
       extra: field ? (request, url) => field.handle(request, url) : undefined,
       basePath: this.basePath,
       limits: this.limits,
@@ -143,6 +147,7 @@ export class SyncEngine {
       onError,
     });
     const ws = new WebSocketTransport(service, hub, {
+      ...access,
       path: `${this.basePath}/ws`,
       limits: this.limits,
       heartbeatMs: this.options.heartbeatMs ?? 30_000,

@@ -35,6 +35,36 @@ export type FieldMergeStrategy = (typeof FieldMergeStrategy)[keyof typeof FieldM
  */
 export type ConflictResolver = (server: Row | null, client: Row, base: Row | null) => Row | null;
 
+/** Who is asking, as resolved by the `authorize` hook. `id` binds client ids and connection limits to the user. */
+export interface SyncUser {
+  id: string;
+  [key: string]: unknown;
+}
+
+/**
+ * Resolves the user of a request (HTTP, SSE, or a WebSocket's upgrade request).
+ * Return the user, `null`/`undefined` for 401 (not signed in), `false` for 403,
+ * or throw a SyncError for a custom answer. Called for every request and for
+ * every WebSocket message, so a session that ends closes its sockets.
+ */
+export type Authorize = (request: Request) => SyncUser | null | undefined | false | Promise<SyncUser | null | undefined | false>;
+
+/** Row-level read scope: may this user see this row? Applied to snapshots, pulls and live changes. */
+export type ReadRule = (row: Row, user: SyncUser | null) => boolean;
+
+/** A change as a write rule sees it. */
+export interface WriteAttempt {
+  action: 'create' | 'update' | 'delete';
+  id: string | null;
+  /** The columns the client wants to write. */
+  data: Row;
+  /** The row as it is on the server now (null when it does not exist). */
+  current: Row | null;
+}
+
+/** Row-level write rule: true to allow, false or a reason string to refuse (403, nothing written). */
+export type WriteRule = (attempt: WriteAttempt, user: SyncUser | null) => boolean | string;
+
 /** One synced entity: the seed's `#[derive(Syncable)] #[sync(table, strategy)]` as data. */
 export interface EntityConfig {
   /** Name on the wire and in `rhtmx:<name>:changed`. */
@@ -47,6 +77,10 @@ export interface EntityConfig {
   resolve?: ConflictResolver;
   /** The app's own route prefixes for this entity (offline htmx mapping). Defaults to `/<name>`. */
   routes?: string[];
+  /** Row-level read scope (see ReadRule). A row leaving a user's scope reaches their clients as a delete. */
+  read?: ReadRule;
+  /** Row-level write rule. Without one, a user may write only rows inside their read scope. */
+  write?: WriteRule;
 }
 
 /** Safety limits, each with a clear error when exceeded. */
@@ -66,6 +100,8 @@ export interface SyncLimits {
   maxBufferedBytes: number;
   /** WebSocket messages a connection may send per second. */
   wsMessagesPerSecond: number;
+  /** Live connections (WebSocket + SSE) one user may hold at once. */
+  maxConnectionsPerUser: number;
 }
 
 export const DEFAULT_LIMITS: SyncLimits = {
@@ -77,6 +113,7 @@ export const DEFAULT_LIMITS: SyncLimits = {
   maxPullLimit: 10_000,
   maxBufferedBytes: 8 * 1024 * 1024,
   wsMessagesPerSecond: 200,
+  maxConnectionsPerUser: 32,
 };
 
 /** A minimal structured logger (pino, console and most loggers fit). */
@@ -109,6 +146,14 @@ export interface SyncEngineOptions {
   clientDir?: string;
   /** How far ahead of the server clock a client timestamp may be before it is clamped, ms (default 1000). */
   maxClockDriftMs?: number;
+  /** Resolves the user of each request; without it every request is anonymous and allowed. */
+  authorize?: Authorize;
+  /**
+   * Origins allowed to open WebSockets and to POST (CSRF protection). Default:
+   * the request's own origin only. Requests without an Origin header (non-browser
+   * clients) are allowed.
+   */
+  allowedOrigins?: string[];
 }
 
 /** The seed's builder: `new SyncConfig(db, ['todos']).withStrategy(...).withFieldSync(...)`. */
@@ -124,6 +169,8 @@ export class SyncConfig implements SyncEngineOptions {
   pollMs?: number;
   clientDir?: string;
   maxClockDriftMs?: number;
+  authorize?: Authorize;
+  allowedOrigins?: string[];
 
   constructor(
     readonly db: unknown,
@@ -150,6 +197,14 @@ export class SyncConfig implements SyncEngineOptions {
     this.limits = { ...this.limits, ...limits };
     return this;
   }
+  withAuthorize(authorize: Authorize): this {
+    this.authorize = authorize;
+    return this;
+  }
+  withAllowedOrigins(origins: string[]): this {
+    this.allowedOrigins = origins;
+    return this;
+  }
   withBasePath(basePath: string): this {
     this.basePath = basePath;
     return this;
@@ -164,6 +219,8 @@ export interface ResolvedEntity {
   strategy: SyncStrategy;
   resolve?: ConflictResolver;
   routes: string[];
+  read?: ReadRule;
+  write?: WriteRule;
 }
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
@@ -198,6 +255,8 @@ export function resolveEntities(options: SyncEngineOptions): ResolvedEntity[] {
       strategy,
       resolve: entity.resolve,
       routes: entity.routes ?? [`/${entity.name}`],
+      read: entity.read,
+      write: entity.write,
     };
   });
 }

@@ -29,7 +29,8 @@ export class LiveBatch {
   messageFor(filter: EntityFilter): string | null {
     const cached = this.encoded.get(filter.key);
     if (cached !== undefined) return cached;
-    const changes = filter.all ? this.changes : this.changes.filter((change) => filter.entities.has(change.entity));
+    let changes = filter.all ? this.changes : this.changes.filter((change) => filter.entities.has(change.entity));
+    if (filter.scope) changes = changes.map(filter.scope.apply);
     let text: string | null = null;
     if (changes.length > 0) {
       const message: LiveChangeMessage = { type: 'change', version: this.version, changes: changes as Change[] };
@@ -41,14 +42,21 @@ export class LiveBatch {
   }
 }
 
-/** Which entities a subscriber wants; `key` identifies equal filters for shared encoding. */
+/**
+ * Which entities a subscriber wants, and how a change looks to its user when
+ * read scopes apply. `key` identifies equal filters: subscribers with the same
+ * key share one encoding of each batch.
+ */
 export class EntityFilter {
   readonly key: string;
   constructor(
     readonly entities: ReadonlySet<string>,
     readonly all = false,
+    /** Per-user view of a change (read scopes); absent when every user sees the same. */
+    readonly scope?: { key: string; apply: (change: Change) => Change },
   ) {
-    this.key = all ? '*' : [...entities].sort().join(',');
+    const entityKey = all ? '*' : [...entities].sort().join(',');
+    this.key = scope ? `${entityKey}|${scope.key}` : entityKey;
   }
 }
 

@@ -90,13 +90,18 @@ export interface AppliedChange {
 /** Everything a store needs to apply one push batch. */
 export interface PushBatch {
   schema: TableSchema;
+  /** Key of the exactly-once bookkeeping (per user when authorization is on). */
   clientId: string | null;
+  /** The client id as the client knows it, stamped on the logged changes; defaults to clientId. */
+  origin?: string | null;
   changes: ValidatedChange[];
   /**
    * Called inside the transaction for each change that is not a duplicate.
-   * Must be synchronous: SQLite transactions cannot span an await.
+   * Must be synchronous: SQLite transactions cannot span an await. When it
+   * throws a SyncError (a forbidden change), the store must roll the whole
+   * batch back and rethrow it; other errors reject just that change.
    */
-  decide: (change: ValidatedChange, server: ServerRowState) => WriteDecision;
+  decide: (change: ValidatedChange, server: ServerRowState, index: number) => WriteDecision;
 }
 
 /** A database the engine can sync. Implementations: SqliteStore, PostgresStore. */

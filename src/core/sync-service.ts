@@ -2,7 +2,8 @@
  * SyncService: the transport-free heart of the engine. Pull, push and schema
  * answers as plain objects; HTTP and WebSocket both call these.
  */
-import type { ResolvedEntity, SyncLimits } from './config.js';
+import { checkWrite, inScope, scopeChange, scopedClientId } from './access.js';
+import type { ResolvedEntity, SyncLimits, SyncUser } from './config.js';
 import { decideWrite } from './conflict.js';
 import { badRequest, SyncError } from './errors.js';
 import type { HybridClock } from './hlc.js';
@@ -62,21 +63,37 @@ export class SyncService {
     return names as string[];
   }
 
-  async pull(entityName: string, params: PullParams): Promise<PullResponse> {
-    const { schema } = this.entity(entityName);
+  /** Pull as `user` sees it: rows outside their read scope are left out of snapshots and become deletes in the log. */
+  async pull(entityName: string, params: PullParams, user: SyncUser | null = null): Promise<PullResponse> {
+    const { schema, config } = this.entity(entityName);
+    const visible = (page: { changes: Change[]; version: number; after?: string }) =>
+      config.read ? { ...page, changes: page.changes.filter((change) => inScope(change.data, config.read, user)) } : page;
     if (params.snapshot) {
       const { version, after } = decodeSnapshotToken(params.snapshot);
       const page = await this.store.snapshot(schema.entity, params.limit, after, version);
-      return this.snapshotResponse(entityName, page, false);
+      return this.snapshotResponse(entityName, visible(page), false);
     }
     const retained = params.since > 0 ? await this.store.retainedSince(schema.entity) : 0;
     if (params.since === 0 || params.since < retained) {
       // A fresh client, or a cursor older than the pruned log: send the current rows, marked as a reset.
       const page = await this.store.snapshot(schema.entity, params.limit);
-      return this.snapshotResponse(entityName, page, true);
+      return this.snapshotResponse(entityName, visible(page), true);
     }
     const page = await this.store.readEntityLog(schema.entity, params.since, params.limit);
-    return { entity: entityName, version: page.version, changes: latestPerRow(page.changes), has_more: page.hasMore };
+    const changes = latestPerRow(page.changes);
+    return {
+      entity: entityName,
+      version: page.version,
+      changes: config.read ? changes.map((change) => scopeChange(change, config.read, user)) : changes,
+      has_more: page.hasMore,
+    };
+  }
+
+  /** How a live change looks to `user` (null when the entity has no read scope: shared by everyone). */
+  liveScope(user: SyncUser | null): ((change: Change) => Change) | null {
+    const scoped = [...this.entities.values()].filter(({ config }) => config.read);
+    if (scoped.length === 0) return null;
+    return (change) => scopeChange(change, this.entities.get(change.entity)?.config.read, user);
   }
 
   private snapshotResponse(entity: string, page: { changes: Change[]; version: number; after?: string }, first: boolean): PullResponse {
@@ -86,17 +103,26 @@ export class SyncService {
     return response;
   }
 
-  async push(entityName: string, body: unknown): Promise<PushResponse> {
+  async push(entityName: string, body: unknown, user: SyncUser | null = null): Promise<PushResponse> {
     const { config, schema } = this.entity(entityName);
     const { clientId, changes } = validatePush(body, schema, this.limits);
     const policy = { strategy: config.strategy, resolve: config.resolve, clock: this.clock };
+    const guarded = config.read !== undefined || config.write !== undefined;
     const applied = await this.store.push({
       schema,
-      clientId,
+      clientId: scopedClientId(clientId, user),
+      origin: clientId,
       changes,
-      decide: (change, server) => decideWrite(policy, change, server),
+      decide: (change, server, index) => {
+        if (guarded) checkWrite(change, server, schema.primaryKey, config, user, index);
+        return decideWrite(policy, change, server);
+      },
     });
-    return { entity: entityName, results: applied.map(toPushResult), version: await this.store.currentVersion() };
+    // A row returned with a result (conflict, duplicate) must be one the user may see.
+    const results = applied.map((change) =>
+      change.row && !inScope(change.row, config.read, user) ? toPushResult({ ...change, row: null }) : toPushResult(change),
+    );
+    return { entity: entityName, results, version: await this.store.currentVersion() };
   }
 
   async schema(): Promise<SchemaResponse> {

@@ -9,6 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import type BetterSqlite3 from 'better-sqlite3';
 import { quoteIdent } from '../core/config.js';
+import { SyncError } from '../core/errors.js';
 import type { Change, ChangeAction, ColumnSchema, Row } from '../core/protocol.js';
 import type {
   AppliedChange,
@@ -347,12 +348,12 @@ export class SqliteStore implements Store {
       let highestMutation = lastApplied ?? -1;
       const results: AppliedChange[] = [];
       try {
-        for (const change of batch.changes) {
+        for (const [index, change] of batch.changes.entries()) {
           if (lastApplied !== null && change.mutationId !== null && change.mutationId <= lastApplied) {
             results.push(this.duplicateResult(entity, change));
             continue;
           }
-          results.push(this.applyOne(entity, batch, change));
+          results.push(this.applyOne(entity, batch, change, index));
           if (change.mutationId !== null) highestMutation = Math.max(highestMutation, change.mutationId);
         }
         if (batch.clientId !== null && highestMutation > (lastApplied ?? -1)) {
@@ -393,14 +394,15 @@ export class SqliteStore implements Store {
     };
   }
 
-  private applyOne(entity: PreparedEntity, batch: PushBatch, change: ValidatedChange): AppliedChange {
+  private applyOne(entity: PreparedEntity, batch: PushBatch, change: ValidatedChange, index: number): AppliedChange {
     const base = { mutationId: change.mutationId, id: change.id };
     const server: ServerRowState =
       change.id === null ? { row: null, version: 0, hlc: 0, base: null } : this.rowState(entity, change.id, change.baseVersion);
     let decision: WriteDecision;
     try {
-      decision = batch.decide(change, server);
+      decision = batch.decide(change, server, index);
     } catch (error) {
+      if (error instanceof SyncError) throw error; // forbidden: roll the whole batch back
       return { ...base, status: 'rejected', reason: `resolver failed: ${(error as Error).message}` };
     }
     if (decision.kind === 'reject') return { ...base, status: 'rejected', reason: decision.reason };
@@ -410,7 +412,7 @@ export class SqliteStore implements Store {
     try {
       // A savepoint per change: a constraint failure rejects this change only.
       const id = this.db.transaction(() => {
-        this.statements.setContext.run(batch.clientId, decision.hlc);
+        this.statements.setContext.run(batch.origin ?? batch.clientId, decision.hlc);
         return this.write(entity, change.id, decision, server.row !== null);
       })();
       const state = id === null ? undefined : (this.statements.rowState.get(entity.schema.entity, id) as { version: number } | undefined);

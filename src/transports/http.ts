@@ -4,7 +4,8 @@
  */
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
-import type { SyncLimits } from '../core/config.js';
+import { type ConnectionLimiter, checkOrigin, resolveUser } from '../core/access.js';
+import type { Authorize, SyncLimits, SyncUser } from '../core/config.js';
 import { SyncError, toSyncError } from '../core/errors.js';
 import type { ChangeHub } from '../core/hub.js';
 import { ErrorCode } from '../core/protocol.js';
@@ -22,6 +23,9 @@ export interface HttpRoutesOptions {
   limits: SyncLimits;
   heartbeatMs: number;
   assets: ClientAssets;
+  authorize?: Authorize;
+  allowedOrigins?: string[];
+  limiter: ConnectionLimiter;
   /** Extra routes (field-level sync) tried after the entity routes. */
   extra?: (request: Request, url: URL) => Promise<Response | null>;
   onError?: (error: unknown) => void;
@@ -98,14 +102,14 @@ export class HttpRoutes {
     if (url.pathname !== base && !url.pathname.startsWith(`${base}/`)) return null;
     const rest = url.pathname.slice(base.length + 1);
     const method = request.method.toUpperCase();
+    // The client files are public; everything else is data and goes through authorization.
+    if (rest === 'client.js' || rest === 'field-client.js' || rest === 'sw.js') return this.asset(request, rest, method);
+    if (method !== 'GET' && method !== 'HEAD') checkOrigin(request.headers, request.url, this.options.allowedOrigins);
+    const user = await resolveUser(this.options.authorize, request);
     switch (rest) {
-      case 'client.js':
-      case 'field-client.js':
-      case 'sw.js':
-        return this.asset(request, rest, method);
       case 'events':
         if (method !== 'GET') throw methodNotAllowed(method, rest);
-        return this.events(request, url);
+        return this.events(request, url, user);
       case 'ws':
       case 'field-ws':
         return new Response(JSON.stringify({ error: { code: 'upgrade_required', message: 'connect with a WebSocket' } }), {
@@ -128,12 +132,13 @@ export class HttpRoutes {
     if (method === 'GET' || method === 'HEAD') {
       const since = parseCursor(url.searchParams.get('since'), 'since', 0);
       const limit = parseLimit(url.searchParams.get('limit'), this.options.limits);
-      return jsonResponse(request, await this.service.pull(entity, { since, limit, snapshot: url.searchParams.get('snapshot') }));
+      const snapshot = url.searchParams.get('snapshot');
+      return jsonResponse(request, await this.service.pull(entity, { since, limit, snapshot }, user));
     }
     if (method === 'POST') {
       this.service.entity(entity);
       const body = parseJson(await readBody(request, this.options.limits.maxBodyBytes), this.options.limits);
-      const response = await this.service.push(entity, body);
+      const response = await this.service.push(entity, body, user);
       this.hub.wake();
       return jsonResponse(request, response);
     }
@@ -145,14 +150,21 @@ export class HttpRoutes {
     return this.options.assets.respond(request, name);
   }
 
-  private events(request: Request, url: URL): Response {
+  private events(request: Request, url: URL, user: SyncUser | null): Response {
     const requested = url.searchParams.get('entities');
     const entities = requested ? this.service.entityList(requested.split(',').filter(Boolean)) : this.service.entityNames;
     // EventSource resends the last `id:` it saw as Last-Event-ID; `?since=` serves first connections.
     const lastEventId = request.headers.get('last-event-id') ?? url.searchParams.get('lastEventId');
     const since = lastEventId ? parseCursor(lastEventId, 'Last-Event-ID', 0) : parseCursor(url.searchParams.get('since'), 'since', -1);
+    const release = this.options.limiter.acquire(user);
+    const scope = this.service.liveScope(user);
     return openEventStream({
       hub: this.hub,
+      scope: scope && { key: user?.id ?? '', apply: scope },
+      onClose: release,
+      stillAuthorized: this.options.authorize
+        ? async () => (await resolveUser(this.options.authorize, request).catch(() => null))?.id === user?.id
+        : undefined,
       entities,
       since: since >= 0 ? since : undefined,
       heartbeatMs: this.options.heartbeatMs,

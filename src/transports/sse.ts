@@ -8,16 +8,21 @@
  * reconnects and catches up from the log.
  */
 import { type ChangeHub, EntityFilter, type LiveBatch } from '../core/hub.js';
+import type { Change } from '../core/protocol.js';
 
 export interface EventStreamOptions {
   hub: ChangeHub;
   entities: string[];
+  /** The user's view of changes when read scopes apply. */
+  scope?: { key: string; apply: (change: Change) => Change } | null;
   since?: number;
   heartbeatMs: number;
   maxBufferedBytes: number;
   signal?: AbortSignal;
   /** Called once when the stream ends, for connection accounting. */
   onClose?: () => void;
+  /** Re-checked at every heartbeat: a stream whose session ended is closed. */
+  stillAuthorized?: () => Promise<boolean>;
 }
 
 const encoder = new TextEncoder();
@@ -40,7 +45,7 @@ function frameFor(batch: LiveBatch, filter: EntityFilter): Uint8Array | null {
 }
 
 export function openEventStream(options: EventStreamOptions): Response {
-  const filter = new EntityFilter(new Set(options.entities));
+  const filter = new EntityFilter(new Set(options.entities), false, options.scope ?? undefined);
   let unsubscribe: (() => void) | null = null;
   let heartbeat: NodeJS.Timeout | null = null;
   let closed = false;
@@ -83,7 +88,13 @@ export function openEventStream(options: EventStreamOptions): Response {
           },
           options.since,
         );
-        heartbeat = setInterval(() => send(encoder.encode(': ping\n\n')), options.heartbeatMs);
+        heartbeat = setInterval(() => {
+          send(encoder.encode(': ping\n\n'));
+          options.stillAuthorized?.().then(
+            (ok) => ok || close(controller),
+            () => close(controller),
+          );
+        }, options.heartbeatMs);
         heartbeat.unref();
         options.signal?.addEventListener('abort', () => close(controller), { once: true });
       },

@@ -11,18 +11,23 @@
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { type WebSocket, WebSocketServer } from 'ws';
-import type { SyncLimits } from '../core/config.js';
+import { type ConnectionLimiter, checkOrigin, resolveUser } from '../core/access.js';
+import type { Authorize, SyncLimits, SyncUser } from '../core/config.js';
 import { badRequest, SyncError, toSyncError } from '../core/errors.js';
 import { type ChangeHub, EntityFilter } from '../core/hub.js';
 import { CLOSE_SLOW_CONSUMER, ErrorCode, type ServerMessage } from '../core/protocol.js';
 import type { SyncService } from '../core/sync-service.js';
 import { parseJson } from '../core/validation.js';
+import { toWebRequest } from './node.js';
 
 export interface WebSocketOptions {
   path: string;
   limits: SyncLimits;
   /** Server → client ping interval; a socket that misses one is terminated. */
   heartbeatMs: number;
+  authorize?: Authorize;
+  allowedOrigins?: string[];
+  limiter: ConnectionLimiter;
   onError?: (error: unknown) => void;
   /** Extra message types (field-level sync) handled before the entity protocol. */
   extra?: (message: Record<string, unknown>, connection: SyncConnection) => Promise<ServerMessage | null>;
@@ -39,6 +44,10 @@ export class SyncConnection {
   constructor(
     readonly socket: WebSocket,
     private readonly limits: SyncLimits,
+    /** Who opened the socket (null without an authorize hook). */
+    readonly user: SyncUser | null = null,
+    /** The upgrade request, kept to re-check the session on every message. */
+    readonly request: Request | null = null,
   ) {
     this.tokens = limits.wsMessagesPerSecond;
   }
@@ -104,12 +113,32 @@ export class WebSocketTransport {
   handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): boolean {
     const path = (request.url ?? '').split('?')[0];
     if (path !== this.options.path) return false;
-    this.server.handleUpgrade(request, socket, head, (ws) => this.accept(ws));
+    void this.admit(request, socket, head);
     return true;
   }
 
-  private accept(socket: WebSocket): void {
-    const connection = new SyncConnection(socket, this.options.limits);
+  /** Origin, authorization and connection limits are checked before the handshake completes. */
+  private async admit(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const webRequest = toWebRequest(request);
+    let user: SyncUser | null;
+    let release: () => void;
+    try {
+      checkOrigin(webRequest.headers, webRequest.url, this.options.allowedOrigins);
+      user = await resolveUser(this.options.authorize, webRequest);
+      release = this.options.limiter.acquire(user);
+    } catch (error) {
+      const refusal = toSyncError(error);
+      const body = JSON.stringify(refusal.toBody());
+      socket.end(
+        `HTTP/1.1 ${refusal.status} ${refusal.code}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+      return;
+    }
+    this.server.handleUpgrade(request, socket, head, (ws) => this.accept(ws, user, this.options.authorize ? webRequest : null, release));
+  }
+
+  private accept(socket: WebSocket, user: SyncUser | null, request: Request | null, release: () => void): void {
+    const connection = new SyncConnection(socket, this.options.limits, user, request);
     this.connections.add(connection);
     socket.on('pong', () => {
       connection.alive = true;
@@ -121,6 +150,7 @@ export class WebSocketTransport {
     socket.on('close', () => {
       connection.unsubscribe?.();
       this.connections.delete(connection);
+      release();
     });
     socket.on('error', () => socket.terminate());
     connection.send({
@@ -129,6 +159,16 @@ export class WebSocketTransport {
       server_time: Date.now(),
       entities: this.service.entityNames,
     });
+  }
+
+  /** Whether the socket's session is still the same user; closes the socket when it is not. */
+  private async sessionValid(connection: SyncConnection): Promise<boolean> {
+    if (!connection.request || !this.options.authorize) return true;
+    const user = await resolveUser(this.options.authorize, connection.request).catch(() => null);
+    if (user?.id === connection.user?.id) return true;
+    connection.send({ type: 'error', code: ErrorCode.Unauthorized, message: 'session ended' });
+    connection.socket.close(4401, 'session ended');
+    return false;
   }
 
   private async onMessage(connection: SyncConnection, data: Buffer, isBinary: boolean): Promise<void> {
@@ -144,6 +184,7 @@ export class WebSocketTransport {
       }
       const record = message as Record<string, unknown>;
       if (typeof record.ref === 'string' || typeof record.ref === 'number') ref = record.ref;
+      if (!(await this.sessionValid(connection))) return;
       const reply = (await this.options.extra?.(record, connection)) ?? (await this.dispatch(record, connection, ref));
       connection.send(reply);
     } catch (error) {
@@ -184,7 +225,7 @@ export class WebSocketTransport {
           throw badRequest(`limit must be between 1 and ${this.options.limits.maxPullLimit}`);
         }
         const snapshot = typeof message.snapshot === 'string' ? message.snapshot : null;
-        const page = await this.service.pull(message.entity, { since, limit, snapshot });
+        const page = await this.service.pull(message.entity, { since, limit, snapshot }, connection.user);
         return withRef({ type: 'sync', ...page });
       }
       case 'push': {
@@ -205,7 +246,7 @@ export class WebSocketTransport {
                 },
               ],
             };
-        const response = await this.service.push(message.entity, body);
+        const response = await this.service.push(message.entity, body, connection.user);
         this.hub.wake();
         const first = response.results[0];
         return withRef({
@@ -223,7 +264,8 @@ export class WebSocketTransport {
 
   private subscribe(connection: SyncConnection, entities: Set<string>, since: number | undefined): void {
     connection.unsubscribe?.();
-    connection.filter = new EntityFilter(entities);
+    const scope = this.service.liveScope(connection.user);
+    connection.filter = new EntityFilter(entities, false, scope ? { key: connection.user?.id ?? '', apply: scope } : undefined);
     connection.unsubscribe = null;
     if (entities.size === 0) return;
     const filter = connection.filter;
@@ -247,6 +289,8 @@ export class WebSocketTransport {
       }
       connection.alive = false;
       connection.socket.ping();
+      // Idle sockets too are closed once their session ends.
+      void this.sessionValid(connection);
     }
   }
 
