@@ -1,0 +1,204 @@
+/**
+ * The leader tab's server connection: WebSocket first, SSE when the
+ * WebSocket cannot open, and an HTTP catch-up pull on every (re)connect
+ * before live delivery starts, so nothing that happened while disconnected
+ * is missed. Reconnects back off exponentially with full jitter, so a server
+ * restart is not followed by every client reconnecting in the same second.
+ */
+import type { ClientMessage, ErrorBody, LiveChangeMessage, ServerMessage } from '../core/protocol.js';
+
+/** What `rhtmx:connection:state` reports. */
+export type ConnectionState = 'connecting' | 'websocket' | 'sse' | 'offline';
+
+/** An HTTP answer outside 2xx; `status` 0 never occurs (network failures reject with TypeError). */
+export interface HttpError extends Error {
+  status: number;
+  body: ErrorBody | null;
+}
+
+/** GET (or send) JSON; rejects with an `HttpError` for non-2xx answers. */
+export async function fetchJson<T>(url: string, init?: RequestInit): Promise<T> {
+  const response = await fetch(url, { cache: 'no-store', headers: { 'content-type': 'application/json' }, ...init });
+  const body = await response.json().catch(() => null);
+  if (response.ok) return body as T;
+  throw Object.assign(new Error(body?.error?.message ?? `HTTP ${response.status}`), { status: response.status, body }) as HttpError;
+}
+
+/** Full jitter: uniform in [0, min(30 s, 0.5 s × 2^attempt)). */
+export const backoff = (attempt: number): number => Math.random() * Math.min(30_000, 500 * 2 ** attempt);
+
+/** App-level ping interval; a socket silent for `DEAD_MS` is given up and replaced. */
+const PING_MS = 20_000;
+const DEAD_MS = 50_000;
+/** How long a WebSocket request waits for its reply before it counts as a network failure. */
+const REPLY_MS = 15_000;
+
+export interface ConnectionOptions {
+  /** Sync base URL, e.g. `https://app.example/api/sync`. */
+  base: string;
+  useWebSocket: boolean;
+  entities(): string[];
+  /** Pull every entity over HTTP; resolves with the lowest cursor to resume live delivery from. */
+  catchUp(): Promise<number>;
+  onChange(message: LiveChangeMessage): void;
+  onState(state: ConnectionState): void;
+}
+
+export interface Connection {
+  /** Send a request on the open WebSocket and await its reply (null: no reply, treat as a network failure). Null when no socket is live. */
+  request(message: ClientMessage): Promise<ServerMessage | null> | null;
+  /** Drop the connection and connect again now (entities changed, back online). */
+  restart(): void;
+  /** Disconnect for good. */
+  stop(): void;
+}
+
+export function connect(options: ConnectionOptions): Connection {
+  let socket: WebSocket | null = null;
+  let source: EventSource | null = null;
+  /** The socket is subscribed: requests may use it. */
+  let live = false;
+  let useWebSocket = options.useWebSocket;
+  let attempt = 0;
+  /** Bumped on every (re)connect, so late callbacks of an abandoned attempt do nothing. */
+  let generation = 0;
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  let pingTimer: ReturnType<typeof setInterval> | undefined;
+  let nextRef = 0;
+  const waiting = new Map<number, (reply: ServerMessage | null) => void>();
+
+  const drop = () => {
+    generation++;
+    clearTimeout(retryTimer);
+    clearInterval(pingTimer);
+    const [oldSocket, oldSource] = [socket, source];
+    socket = source = null;
+    live = false;
+    oldSocket?.close();
+    oldSource?.close();
+    for (const settle of waiting.values()) settle(null);
+    waiting.clear();
+  };
+
+  const retry = () => {
+    drop();
+    options.onState('offline');
+    retryTimer = setTimeout(start, backoff(attempt++));
+  };
+
+  const start = () => {
+    drop();
+    // The `online` event restarts us.
+    if (!navigator.onLine) return options.onState('offline');
+    options.onState('connecting');
+    const current = generation;
+    if (useWebSocket) openSocket(current);
+    else void openEvents(current);
+  };
+
+  const openSocket = (current: number) => {
+    const ws = new WebSocket(`${options.base.replace(/^http/, 'ws')}/ws`);
+    socket = ws;
+    let opened = false;
+    let heard = Date.now();
+    ws.onopen = async () => {
+      opened = true;
+      try {
+        const since = await options.catchUp();
+        if (current === generation) ws.send(JSON.stringify({ type: 'subscribe', entities: options.entities(), since }));
+      } catch {
+        if (current === generation) retry();
+      }
+    };
+    ws.onmessage = (event) => {
+      heard = Date.now();
+      const message = JSON.parse(event.data) as ServerMessage;
+      if (message.type === 'change') options.onChange(message);
+      else if (message.type === 'subscribed') {
+        live = true;
+        attempt = 0;
+        options.onState('websocket');
+      } else if ('ref' in message) {
+        waiting.get(message.ref as number)?.(message);
+        waiting.delete(message.ref as number);
+      }
+    };
+    ws.onclose = () => {
+      if (current !== generation) return;
+      // Refused or blocked before it ever opened: try SSE next time.
+      if (!opened) useWebSocket = false;
+      retry();
+    };
+    pingTimer = setInterval(() => {
+      // A half-open TCP connection never fires `close`: silence is the only sign.
+      if (Date.now() - heard > DEAD_MS) retry();
+      else if (opened) ws.send(JSON.stringify({ type: 'ping', t: Date.now() }));
+    }, PING_MS);
+  };
+
+  const openEvents = async (current: number) => {
+    let since: number;
+    try {
+      since = await options.catchUp();
+    } catch {
+      if (current === generation) retry();
+      return;
+    }
+    if (current !== generation) return;
+    const es = new EventSource(`${options.base}/events?entities=${encodeURIComponent(options.entities().join(','))}&since=${since}`);
+    source = es;
+    let opened = false;
+    es.onopen = () => {
+      // EventSource reconnected by itself (resuming with Last-Event-ID); pull anyway in case the log was pruned.
+      if (opened) options.catchUp().catch(() => {});
+      opened = true;
+      attempt = 0;
+      options.onState('sse');
+    };
+    es.onmessage = (event) => options.onChange(JSON.parse(event.data) as LiveChangeMessage);
+    es.onerror = () => {
+      if (current !== generation) return;
+      if (es.readyState !== EventSource.CLOSED) return options.onState('connecting');
+      // SSE never worked either: the next attempt tries the WebSocket again.
+      if (!opened) useWebSocket = options.useWebSocket;
+      retry();
+    };
+  };
+
+  const online = () => {
+    attempt = 0;
+    start();
+  };
+  const offline = () => {
+    drop();
+    options.onState('offline');
+  };
+  addEventListener('online', online);
+  addEventListener('offline', offline);
+  start();
+
+  return {
+    request(message) {
+      const ws = socket;
+      if (!live || !ws) return null;
+      const ref = ++nextRef;
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => {
+          waiting.delete(ref);
+          resolve(null);
+        }, REPLY_MS);
+        waiting.set(ref, (reply) => {
+          clearTimeout(timer);
+          resolve(reply);
+        });
+        ws.send(JSON.stringify({ ...message, ref }));
+      });
+    },
+    restart: online,
+    stop() {
+      drop();
+      removeEventListener('online', online);
+      removeEventListener('offline', offline);
+    },
+  };
+}

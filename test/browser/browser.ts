@@ -1,0 +1,37 @@
+/**
+ * Shared headless Chromium launcher for the browser tests (Debian's
+ * chromium, driven by playwright-core; nothing is downloaded).
+ */
+import { type Browser, chromium, type Page } from 'playwright-core';
+
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+export function launchBrowser(): Promise<Browser> {
+  return chromium.launch({ executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
+}
+
+/** Print the page's console and errors when RHTMX_BROWSER_LOG is set (debugging failing tests). */
+export function forwardConsole(page: Page, label: string): void {
+  page.on('pageerror', (error) => console.error(`[${label}] pageerror`, error));
+  if (!process.env.RHTMX_BROWSER_LOG) return;
+  page.on('console', (message) => console.log(`[${label}] ${message.type()}: ${message.text()}`));
+}
+
+/** Poll a page-side expression until it is truthy (arrival, never timing). */
+export async function waitInPage<T>(page: Page, fn: () => T | Promise<T>, ms = 10_000, what = 'page condition'): Promise<T> {
+  try {
+    const handle = await page.waitForFunction(fn, undefined, { timeout: ms, polling: 50 });
+    return (await handle.jsonValue()) as T;
+  } catch (error) {
+    throw new Error(`timed out waiting for ${what}: ${(error as Error).message.split('\n')[0]}`);
+  }
+}
