@@ -63,10 +63,21 @@ export class EntityFilter {
 /** What a transport gives the hub for one connection. */
 export interface Subscriber {
   filter: EntityFilter;
-  /** Deliver one encoded batch; `version` is the cursor after it. Returns false if the consumer is gone. */
-  deliver(batch: LiveBatch, version: number): void;
+  /**
+   * Deliver one batch; `version` is the cursor after it. `paced` is true for
+   * catch-up pages, which wait on `drained()` and so must not count as a
+   * consumer falling behind.
+   */
+  deliver(batch: LiveBatch, version: number, paced: boolean): void;
   /** Called when the hub stops (engine closing): end the connection so servers can close. */
   end?(): void;
+  /**
+   * Resolves when the consumer can take more. Catch-up waits on it between
+   * pages, so replaying a long log to one client is paced by that client
+   * instead of piling up in memory (live batches are not paced: a live
+   * consumer that falls behind is dropped and catches up this way).
+   */
+  drained?(): Promise<void>;
 }
 
 interface SubscriberState {
@@ -186,9 +197,9 @@ export class ChangeHub {
     }
   }
 
-  private safeDeliver(state: SubscriberState, batch: LiveBatch): void {
+  private safeDeliver(state: SubscriberState, batch: LiveBatch, paced = false): void {
     try {
-      state.subscriber.deliver(batch, batch.version);
+      state.subscriber.deliver(batch, batch.version, paced);
     } catch (error) {
       this.onError(error);
     }
@@ -210,7 +221,8 @@ export class ChangeHub {
         if (upTo <= state.cursor) break;
         const batch = new LiveBatch(state.cursor, upTo, changes);
         state.cursor = upTo;
-        this.safeDeliver(state, batch);
+        this.safeDeliver(state, batch, true);
+        await state.subscriber.drained?.();
       }
     } catch (error) {
       this.onError(error);

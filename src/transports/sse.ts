@@ -66,10 +66,11 @@ export function openEventStream(options: EventStreamOptions): Response {
   const stream = new ReadableStream<Uint8Array>(
     {
       start(controller) {
-        const send = (bytes: Uint8Array) => {
+        const send = (bytes: Uint8Array, live = false) => {
           if (closed) return;
-          // desiredSize goes negative once more than maxBufferedBytes wait unread.
-          if ((controller.desiredSize ?? 0) < 0) {
+          // desiredSize goes negative once more than maxBufferedBytes wait unread; only unpaced
+          // live batches count (catch-up pages wait for room, heartbeats are tiny).
+          if (live && (controller.desiredSize ?? 0) < 0) {
             close(controller);
             return;
           }
@@ -80,11 +81,16 @@ export function openEventStream(options: EventStreamOptions): Response {
         unsubscribe = options.hub.subscribe(
           {
             filter,
-            deliver(batch) {
+            deliver(batch, _version, paced) {
               const frame = frameFor(batch, filter);
-              if (frame) send(frame);
+              if (frame) send(frame, !paced);
             },
             end: () => close(controller),
+            drained: async () => {
+              while (!closed && (controller.desiredSize ?? 0) < options.maxBufferedBytes / 2) {
+                await new Promise((resolve) => setTimeout(resolve, 5));
+              }
+            },
           },
           options.since,
         );

@@ -52,14 +52,26 @@ export class SyncConnection {
     this.tokens = limits.wsMessagesPerSecond;
   }
 
-  send(message: ServerMessage | string): void {
+  /**
+   * Send a reply or a batch. Only unpaced live batches (`live`) count against
+   * the slow-consumer limit: replies are bounded by the message rate limit and
+   * catch-up pages wait for the socket to drain.
+   */
+  send(message: ServerMessage | string, live = false): void {
     if (this.socket.readyState !== this.socket.OPEN) return;
-    if (this.socket.bufferedAmount > this.limits.maxBufferedBytes) {
+    if (live && this.socket.bufferedAmount > this.limits.maxBufferedBytes) {
       // Never queue without bound for a reader that does not keep up.
       this.socket.close(CLOSE_SLOW_CONSUMER, 'slow consumer: reconnect and pull');
       return;
     }
     this.socket.send(typeof message === 'string' ? message : JSON.stringify(message));
+  }
+
+  /** Resolves once the socket's send queue is below half the limit (or the socket is gone). */
+  async drained(): Promise<void> {
+    while (this.socket.readyState === this.socket.OPEN && this.socket.bufferedAmount > this.limits.maxBufferedBytes / 2) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
   }
 
   /** Token bucket: `wsMessagesPerSecond` sustained, the same as burst. */
@@ -272,10 +284,11 @@ export class WebSocketTransport {
     connection.unsubscribe = this.hub.subscribe(
       {
         filter,
-        deliver(batch) {
+        deliver(batch, _version, paced) {
           const text = batch.messageFor(filter);
-          if (text !== null) connection.send(text);
+          if (text !== null) connection.send(text, !paced);
         },
+        drained: () => connection.drained(),
       },
       since,
     );
