@@ -1,0 +1,65 @@
+/**
+ * rhtmx-sync demo: a server-rendered htmx todo list whose table is synced to
+ * every open browser's IndexedDB.
+ *
+ *   npm start                                   # SQLite file ./todo.db on http://localhost:3000
+ *   DATABASE_URL=postgres://postgres@127.0.0.1/todo PORT=3001 npm start
+ *
+ * Environment: PORT (3000), HOST (0.0.0.0), DATABASE_URL (./todo.db or a
+ * postgres:// URL), DEBUG=1 (engine and client debug logging), HTMX=2 (serve
+ * htmx 2 instead of 4).
+ */
+import http from 'node:http';
+import { FieldMergeStrategy, nodeHandler, SyncEngine } from '../../src/index.js';
+import { createApp } from './app.js';
+import { openTodoDatabase } from './db.js';
+
+const port = Number(process.env.PORT ?? 3000);
+const host = process.env.HOST || '0.0.0.0';
+const databaseUrl = process.env.DATABASE_URL || './todo.db';
+const debug = process.env.DEBUG === '1';
+const htmx = process.env.HTMX === '2' ? 2 : 4;
+
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  console.error(`todo: PORT must be a port number, got ${JSON.stringify(process.env.PORT)}`);
+  process.exit(1);
+}
+
+const todos = await openTodoDatabase(databaseUrl);
+const engine = new SyncEngine({ db: todos.handle, entities: ['todos'], fieldSync: FieldMergeStrategy.LastWriteWins, debug });
+try {
+  await engine.ready;
+} catch (error) {
+  console.error(`todo: the sync engine could not start on ${todos.location}: ${(error as Error).message}`);
+  await todos.close().catch(() => {});
+  process.exit(1);
+}
+
+const server = http.createServer(nodeHandler(engine, createApp({ todos, engine, htmx, debug })));
+engine.attach(server);
+
+server.on('error', (error) => {
+  console.error(`todo: cannot listen on ${host}:${port}: ${error.message}`);
+  process.exit(1);
+});
+server.listen(port, host, () => {
+  const address = server.address();
+  const actualPort = typeof address === 'object' && address ? address.port : port;
+  const shown = host === '0.0.0.0' || host === '::' ? 'localhost' : host;
+  console.log(`todo: http://${shown}:${actualPort}  (${todos.dialect}: ${todos.location}, htmx ${htmx})`);
+});
+
+let stopping = false;
+async function shutdown(signal: string): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  console.log(`todo: ${signal}, shutting down`);
+  // Live connections (SSE, WebSocket) never end on their own: close them, then the server.
+  await engine.close().catch((error: unknown) => console.error('todo: engine close failed:', error));
+  server.closeAllConnections();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  await todos.close().catch(() => {});
+  process.exit(0);
+}
+process.on('SIGINT', () => void shutdown('SIGINT'));
+process.on('SIGTERM', () => void shutdown('SIGTERM'));
