@@ -3,6 +3,7 @@
  * enums, translated to TypeScript, plus the plain-object form.
  */
 import type { Row } from './protocol.js';
+import type { StandardSchemaV1 } from './standard-schema.js';
 
 /** How a conflicting push is settled (the seed's `SyncStrategy`). */
 export const SyncStrategy = {
@@ -81,6 +82,14 @@ export interface EntityConfig {
   read?: ReadRule;
   /** Row-level write rule. Without one, a user may write only rows inside their read scope. */
   write?: WriteRule;
+  /**
+   * A Standard Schema (zod, valibot, arktype, …) every pushed row must pass. It
+   * sees the whole row after the change (server row merged with the pushed
+   * columns) and its output, coercions included, is what gets written. A failing
+   * change is rejected with the schema's issues; the rest of the batch applies.
+   * Must validate synchronously (it runs inside the write transaction).
+   */
+  schema?: StandardSchemaV1;
 }
 
 /** Safety limits, each with a clear error when exceeded. */
@@ -221,6 +230,7 @@ export interface ResolvedEntity {
   routes: string[];
   read?: ReadRule;
   write?: WriteRule;
+  schema?: StandardSchemaV1;
 }
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
@@ -257,6 +267,7 @@ export function resolveEntities(options: SyncEngineOptions): ResolvedEntity[] {
       routes: entity.routes ?? [`/${entity.name}`],
       read: entity.read,
       write: entity.write,
+      schema: entity.schema,
     };
   });
 }

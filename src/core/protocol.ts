@@ -95,6 +95,8 @@ export interface PushResult {
   reason?: string;
   /** A custom resolver produced a merged row that differs from what the client sent. */
   merged?: boolean;
+  /** Why the entity's schema refused the row (rejected only). */
+  issues?: Array<{ message: string; path?: string }>;
 }
 
 /** `POST /api/sync/:entity` answer. */

@@ -7,6 +7,7 @@
  * strategies live in core/conflict.ts); the store decides *how*.
  */
 import type { Change, ChangeAction, ColumnSchema, Row } from './protocol.js';
+import type { SchemaIssue } from './standard-schema.js';
 
 /** A synced table as the store found it in the database. */
 export interface TableSchema {
@@ -72,7 +73,7 @@ export type WriteDecision =
   /** Keep the server row; report a conflict carrying it. */
   | { kind: 'conflict'; reason: string }
   /** Refuse the change. */
-  | { kind: 'reject'; reason: string };
+  | { kind: 'reject'; reason: string; issues?: SchemaIssue[] };
 
 /** Outcome of one change, before it is turned into a wire PushResult. */
 export interface AppliedChange {
@@ -85,6 +86,8 @@ export interface AppliedChange {
   serverVersion?: number;
   reason?: string;
   merged?: boolean;
+  /** Schema validation issues of a rejected change. */
+  issues?: SchemaIssue[];
 }
 
 /** Everything a store needs to apply one push batch. */

@@ -7,8 +7,17 @@ import type { ResolvedEntity, SyncLimits, SyncUser } from './config.js';
 import { decideWrite } from './conflict.js';
 import { badRequest, SyncError } from './errors.js';
 import type { HybridClock } from './hlc.js';
-import { type Change, ErrorCode, type PullResponse, type PushResponse, type PushResult, type SchemaResponse } from './protocol.js';
-import type { AppliedChange, Store, TableSchema } from './store.js';
+import {
+  type Change,
+  ErrorCode,
+  type PullResponse,
+  type PushResponse,
+  type PushResult,
+  type Row,
+  type SchemaResponse,
+} from './protocol.js';
+import { type StandardSchemaV1, toSchemaIssues } from './standard-schema.js';
+import type { AppliedChange, ServerRowState, Store, TableSchema, WriteDecision } from './store.js';
 import { validatePush } from './validation.js';
 
 export interface PullParams {
@@ -115,7 +124,8 @@ export class SyncService {
       changes,
       decide: (change, server, index) => {
         if (guarded) checkWrite(change, server, schema.primaryKey, config, user, index);
-        return decideWrite(policy, change, server);
+        const decision = decideWrite(policy, change, server);
+        return config.schema ? validateDecision(config.schema, decision, server, schema.primaryKey, change.id) : decision;
       },
     });
     // A row returned with a result (conflict, duplicate) must be one the user may see.
@@ -162,7 +172,34 @@ function toPushResult(change: AppliedChange): PushResult {
   if (change.serverVersion !== undefined) result.server_version = change.serverVersion;
   if (change.reason !== undefined) result.reason = change.reason;
   if (change.merged) result.merged = true;
+  if (change.issues) result.issues = change.issues;
   return result;
+}
+
+/**
+ * Run the entity's Standard Schema on the row a write would produce. Its
+ * output (coercions included) replaces the written columns.
+ */
+function validateDecision(
+  schema: StandardSchemaV1,
+  decision: WriteDecision,
+  server: ServerRowState,
+  primaryKey: string,
+  id: string | null,
+): WriteDecision {
+  if (decision.kind !== 'write' || decision.action === 'delete') return decision;
+  const row: Row = { ...(server.row ?? {}), ...decision.data };
+  if (id !== null) row[primaryKey] = server.row?.[primaryKey] ?? id;
+  const result = schema['~standard'].validate(row);
+  if (result instanceof Promise) {
+    return { kind: 'reject', reason: 'schema validation must be synchronous' };
+  }
+  if (result.issues) {
+    return { kind: 'reject', reason: 'schema validation failed', issues: toSchemaIssues(result.issues) };
+  }
+  const data = { ...(result.value as Row) };
+  delete data[primaryKey];
+  return { ...decision, data };
 }
 
 /** Snapshot continuation: the version the snapshot is pinned to and the last key served. */

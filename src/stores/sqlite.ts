@@ -405,7 +405,7 @@ export class SqliteStore implements Store {
       if (error instanceof SyncError) throw error; // forbidden: roll the whole batch back
       return { ...base, status: 'rejected', reason: `resolver failed: ${(error as Error).message}` };
     }
-    if (decision.kind === 'reject') return { ...base, status: 'rejected', reason: decision.reason };
+    if (decision.kind === 'reject') return { ...base, status: 'rejected', reason: decision.reason, issues: decision.issues };
     if (decision.kind === 'conflict') {
       return { ...base, status: 'conflict', reason: decision.reason, row: server.row, serverVersion: server.version };
     }
