@@ -26,12 +26,19 @@ export function forwardConsole(page: Page, label: string): void {
   page.on('console', (message) => console.log(`[${label}] ${message.type()}: ${message.text()}`));
 }
 
-/** Poll a page-side expression until it is truthy (arrival, never timing). */
-export async function waitInPage<T>(page: Page, fn: () => T | Promise<T>, ms = 10_000, what = 'page condition'): Promise<T> {
-  try {
-    const handle = await page.waitForFunction(fn, undefined, { timeout: ms, polling: 50 });
-    return (await handle.jsonValue()) as T;
-  } catch (error) {
-    throw new Error(`timed out waiting for ${what}: ${(error as Error).message.split('\n')[0]}`);
+/** Poll a page-side function (sync or async) until it returns something truthy (arrival, never timing). */
+export async function waitInPage<T, A = undefined>(
+  page: Page,
+  fn: (arg: A) => T | Promise<T>,
+  ms = 10_000,
+  what = 'page condition',
+  arg?: A,
+): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = (await page.evaluate(fn as (arg: unknown) => unknown, arg as unknown)) as T;
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }

@@ -7,41 +7,19 @@
  * The client is bundled from src/client into a private temp folder per test
  * process, so parallel test files never read a half-written dist/ file.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { build } from 'esbuild';
 import { nodeHandler } from '../../src/adapters/node.js';
 import type { SyncEngineOptions } from '../../src/core/config.js';
 import { SyncEngine } from '../../src/engine.js';
 import { tempDb } from '../helpers.js';
+import { buildClient } from './client-bundle.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
-
-let clientDir: Promise<string> | null = null;
-/** Bundle the browser client once per process, with the options scripts/build.mjs uses. */
-export function buildClient(): Promise<string> {
-  clientDir ??= (async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'rhtmx-client-'));
-    await build({
-      entryPoints: [join(root, 'src/client/index.ts')],
-      outfile: join(dir, 'rhtmx-sync.js'),
-      bundle: true,
-      minify: true,
-      target: ['es2020'],
-      format: 'iife',
-      legalComments: 'none',
-      logLevel: 'warning',
-    });
-    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
-    return dir;
-  })();
-  return clientDir;
-}
 
 const HTMX: Record<string, string> = {
   '2': join(root, 'node_modules/htmx2/dist/htmx.min.js'),
