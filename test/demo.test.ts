@@ -282,7 +282,6 @@ describe('demo: examples/todo', () => {
   const sqliteCli = spawnSync('sqlite3', ['--version'], { encoding: 'utf8' });
   test(`the sqlite3 CLI (${sqliteCli.stdout?.split(' ')[0] ?? 'not installed'}) can write and the write is synced`, {
     skip: sqliteCli.status !== 0 && 'no sqlite3 CLI',
-    todo: "src/stores/sqlite.ts triggers use unixepoch('subsec') (SQLite >= 3.42); older CLIs get NULL and the write fails",
   }, async () => {
     const since = (await getJson(`${demo.url}/api/sync/todos?since=0`)).body.version as number;
     const cli = spawnSync(
