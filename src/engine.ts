@@ -19,6 +19,7 @@ import {
 import { SyncError } from './core/errors.js';
 import { HybridClock } from './core/hlc.js';
 import { ChangeHub } from './core/hub.js';
+import { type MetricsSnapshot, SyncMetrics } from './core/metrics.js';
 import {
   DEFAULT_BASE_PATH,
   DEFAULT_FIELD_BASE_PATH,
@@ -29,6 +30,7 @@ import {
 } from './core/protocol.js';
 import type { Store } from './core/store.js';
 import { SyncService } from './core/sync-service.js';
+import { loadTracing } from './core/tracing.js';
 import type { FieldSyncModule } from './field/index.js';
 import { ClientAssets } from './transports/assets.js';
 import { errorResponse, HttpRoutes } from './transports/http.js';
@@ -49,6 +51,16 @@ function consoleLogger(debug: boolean): SyncLogger {
 /** Anything that emits Node's `upgrade` event: http.Server, https.Server, the servers of Express, Hono and Fastify. */
 export interface UpgradeSource {
   on(event: 'upgrade', listener: (request: IncomingMessage, socket: Duplex, head: Buffer) => void): unknown;
+}
+
+/** Methods of a pino-style logger keep their `this`. */
+function bind(logger: SyncLogger): SyncLogger {
+  return {
+    debug: logger.debug.bind(logger),
+    info: logger.info.bind(logger),
+    warn: logger.warn.bind(logger),
+    error: logger.error.bind(logger),
+  };
 }
 
 const isStore = (db: unknown): db is Store => typeof db === 'object' && db !== null && 'readLog' in db && 'push' in db && 'init' in db;
@@ -83,7 +95,8 @@ export class SyncEngine {
     this.fieldBasePath = (config.fieldBasePath ?? DEFAULT_FIELD_BASE_PATH).replace(/\/+$/, '');
     this.limits = { ...DEFAULT_LIMITS, ...config.limits };
     // Quiet by default (warnings and errors only); `debug: true` is the seed's debug logging.
-    this.logger = config.logger ?? consoleLogger(config.debug === true);
+    const logger = config.logger ?? consoleLogger(config.debug === true);
+    this.logger = config.debug ? logger : { ...bind(logger), debug() {}, info() {} };
     this.clock = new HybridClock(Date.now, config.maxClockDriftMs);
     this.fieldStrategy = config.fieldSync ? config.fieldSync : null;
     this.ready = this.init();
@@ -117,9 +130,11 @@ export class SyncEngine {
     const schemas = await store.init(
       this.entities.map((entity) => ({ entity: entity.name, table: entity.table, primaryKey: entity.primaryKey })),
     );
-    const service = new SyncService(store, this.entities, schemas, this.clock, this.limits, this.fieldStrategy !== null);
+    await loadTracing();
+    const metrics = new SyncMetrics();
+    const service = new SyncService(store, this.entities, schemas, this.clock, this.limits, this.fieldStrategy !== null, metrics);
     const onError = (error: unknown) => this.logger.error({ err: error }, 'rhtmx-sync: internal error');
-    const hub = new ChangeHub(store, { onError });
+    const hub = new ChangeHub(store, { onError, onPublished: (changes, seconds) => metrics.recordFanout(changes, seconds) });
     await hub.start();
     let field: FieldSyncModule | null = null;
     if (this.fieldStrategy !== null) {
@@ -259,9 +274,43 @@ export class SyncEngine {
     this.state?.hub.wake();
   }
 
-  /** Live connection counts by transport. */
-  connections(): { websocket: number; live: number } {
-    return { websocket: this.state?.ws.connectionCount ?? 0, live: this.state?.hub.subscriberCount ?? 0 };
+  /** Live connection counts by transport (`live` counts hub subscriptions of both). */
+  connections(): { websocket: number; sse: number; live: number } {
+    return {
+      websocket: this.state?.ws.connectionCount ?? 0,
+      sse: this.state?.http.sseStreams ?? 0,
+      live: this.state?.hub.subscriberCount ?? 0,
+    };
+  }
+
+  /** Counters and gauges of this node: connections, change rate, fan-out time, push outcomes, log size, lag. */
+  async metrics(): Promise<MetricsSnapshot> {
+    const { store, service, hub, ws, http } = await this.running();
+    const recorded = service.metrics;
+    const [latestVersion, logSize] = await Promise.all([store.currentVersion(), store.logSize()]);
+    return {
+      connections: { websocket: ws.connectionCount, sse: http.sseStreams },
+      changesFannedOut: recorded.changesFannedOut,
+      changesPerSecond: recorded.changesPerSecond(),
+      pushOutcomes: { ...recorded.pushOutcomes },
+      fanout: {
+        count: recorded.fanoutSeconds.count,
+        sumSeconds: recorded.fanoutSeconds.sum,
+        p50Seconds: recorded.fanoutSeconds.quantile(0.5),
+        p99Seconds: recorded.fanoutSeconds.quantile(0.99),
+      },
+      logSize,
+      latestVersion,
+      fannedOutVersion: hub.currentVersion,
+      lag: Math.max(0, latestVersion - hub.currentVersion),
+    };
+  }
+
+  /** Follow every fan-out observation (changes in the batch, seconds it took); returns an unsubscribe. */
+  async onFanout(listener: (changes: number, seconds: number) => void): Promise<() => void> {
+    const { metrics } = (await this.running()).service;
+    metrics.fanoutListeners.add(listener);
+    return () => metrics.fanoutListeners.delete(listener);
   }
 
   /** Prune change-log entries older than `days` (fractions allowed). Returns how many were removed. */

@@ -91,6 +91,8 @@ export interface HubOptions {
   /** Log entries read per wake-up. */
   pageSize?: number;
   onError?: (error: unknown) => void;
+  /** Called after each live batch reached every subscriber (metrics). */
+  onPublished?: (changes: number, seconds: number) => void;
 }
 
 export class ChangeHub {
@@ -101,6 +103,7 @@ export class ChangeHub {
   private stopWatching: (() => void) | null = null;
   private readonly pageSize: number;
   private readonly onError: (error: unknown) => void;
+  private readonly onPublished: (changes: number, seconds: number) => void;
   /** Resolvers waiting for the hub to reach a version (tests and push acks). */
   private waiters: Array<{ version: number; resolve: () => void }> = [];
 
@@ -110,6 +113,7 @@ export class ChangeHub {
   ) {
     this.pageSize = options.pageSize ?? 1000;
     this.onError = options.onError ?? (() => {});
+    this.onPublished = options.onPublished ?? (() => {});
   }
 
   /** Start following the log from its current end. */
@@ -165,7 +169,9 @@ export class ChangeHub {
         if (page.version > this.version) {
           const batch = new LiveBatch(this.version, page.version, page.changes);
           this.version = page.version;
+          const started = performance.now();
           this.publish(batch);
+          this.onPublished(batch.changes.length, (performance.now() - started) / 1000);
           if (page.hasMore) this.wakeAgain = true;
         }
       } while (this.wakeAgain);

@@ -130,6 +130,8 @@ export interface Store {
   retainedSince(entity: string): Promise<number>;
   /** Apply a push batch in one transaction, recording the client's last mutation id in it. */
   push(batch: PushBatch): Promise<AppliedChange[]>;
+  /** Rows in the change log (metrics). */
+  logSize(): Promise<number>;
   /** Prune log entries older than the cutoff (epoch ms). Returns how many were removed. */
   cleanup(olderThanMs: number): Promise<number>;
   /** Call `onChange` soon after any committed write to the log, by anyone. Returns a stop function. */

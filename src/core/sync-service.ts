@@ -7,6 +7,7 @@ import type { ResolvedEntity, SyncLimits, SyncUser } from './config.js';
 import { decideWrite } from './conflict.js';
 import { badRequest, SyncError } from './errors.js';
 import type { HybridClock } from './hlc.js';
+import { SyncMetrics } from './metrics.js';
 import {
   type Change,
   ErrorCode,
@@ -18,7 +19,8 @@ import {
 } from './protocol.js';
 import { type StandardSchemaV1, toSchemaIssues } from './standard-schema.js';
 import type { AppliedChange, ServerRowState, Store, TableSchema, WriteDecision } from './store.js';
-import { validatePush } from './validation.js';
+import { traced } from './tracing.js';
+import { type ValidatedPush, validatePush } from './validation.js';
 
 export interface PullParams {
   since: number;
@@ -42,6 +44,7 @@ export class SyncService {
     private readonly clock: HybridClock,
     readonly limits: SyncLimits,
     private readonly fieldSync: boolean,
+    readonly metrics: SyncMetrics = new SyncMetrics(),
   ) {
     for (const config of configs) {
       const schema = schemas.find((candidate) => candidate.entity === config.name);
@@ -74,6 +77,11 @@ export class SyncService {
 
   /** Pull as `user` sees it: rows outside their read scope are left out of snapshots and become deletes in the log. */
   async pull(entityName: string, params: PullParams, user: SyncUser | null = null): Promise<PullResponse> {
+    this.entity(entityName);
+    return traced('pull', { entity: entityName, since: params.since }, () => this.pullPage(entityName, params, user));
+  }
+
+  private async pullPage(entityName: string, params: PullParams, user: SyncUser | null): Promise<PullResponse> {
     const { schema, config } = this.entity(entityName);
     const visible = (page: { changes: Change[]; version: number; after?: string }) =>
       config.read ? { ...page, changes: page.changes.filter((change) => inScope(change.data, config.read, user)) } : page;
@@ -113,8 +121,17 @@ export class SyncService {
   }
 
   async push(entityName: string, body: unknown, user: SyncUser | null = null): Promise<PushResponse> {
+    const { schema } = this.entity(entityName);
+    const validated = validatePush(body, schema, this.limits);
+    const response = await traced('push', { entity: entityName, changes: validated.changes.length }, () =>
+      this.applyPush(entityName, validated, user),
+    );
+    this.metrics.recordPush(response.results);
+    return response;
+  }
+
+  private async applyPush(entityName: string, { clientId, changes }: ValidatedPush, user: SyncUser | null): Promise<PushResponse> {
     const { config, schema } = this.entity(entityName);
-    const { clientId, changes } = validatePush(body, schema, this.limits);
     const policy = { strategy: config.strategy, resolve: config.resolve, clock: this.clock };
     const guarded = config.read !== undefined || config.write !== undefined;
     const applied = await this.store.push({

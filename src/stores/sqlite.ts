@@ -477,6 +477,10 @@ export class SqliteStore implements Store {
     return statement;
   }
 
+  async logSize(): Promise<number> {
+    return this.db.prepare(`SELECT COUNT(*) FROM ${LOG_TABLE}`).pluck().get() as number;
+  }
+
   async cleanup(olderThanMs: number): Promise<number> {
     return this.db.transaction(() => {
       // Deleted rows' tombstones are the only entries whose loss a lagging client would notice:

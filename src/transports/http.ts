@@ -77,6 +77,9 @@ export async function readBody(request: Request, maxBytes: number): Promise<stri
 const tooLarge = (maxBytes: number) => new SyncError(ErrorCode.TooLarge, `request body exceeds ${maxBytes} bytes`, 413);
 
 export class HttpRoutes {
+  /** Open SSE streams (metrics). */
+  sseStreams = 0;
+
   constructor(
     private readonly service: SyncService,
     private readonly hub: ChangeHub,
@@ -156,7 +159,12 @@ export class HttpRoutes {
     // EventSource resends the last `id:` it saw as Last-Event-ID; `?since=` serves first connections.
     const lastEventId = request.headers.get('last-event-id') ?? url.searchParams.get('lastEventId');
     const since = lastEventId ? parseCursor(lastEventId, 'Last-Event-ID', 0) : parseCursor(url.searchParams.get('since'), 'since', -1);
-    const release = this.options.limiter.acquire(user);
+    const releaseSlot = this.options.limiter.acquire(user);
+    this.sseStreams++;
+    const release = () => {
+      this.sseStreams--;
+      releaseSlot();
+    };
     const scope = this.service.liveScope(user);
     return openEventStream({
       hub: this.hub,
