@@ -1,14 +1,31 @@
 /**
- * Field-level sync (issue 5). Stub until the module lands: the engine calls
- * `createFieldSync` when `fieldSync` is configured.
+ * Field-level sync (the seed's "Field-Level Sync"): per-field versions and
+ * HLC timestamps, so two clients editing different fields of one row both
+ * keep their edits, and concurrent edits of the same field are settled by the
+ * configured FieldMergeStrategy. The engine calls `createFieldSync` when
+ * `fieldSync` is configured and mounts what it returns under
+ * `/api/field-sync` (HTTP) and `/api/field-sync/ws` (WebSocket).
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { FieldMergeStrategy, SyncLimits, SyncLogger } from '../core/config.js';
+import { SyncError } from '../core/errors.js';
 import type { HybridClock } from '../core/hlc.js';
 import type { ChangeHub } from '../core/hub.js';
+import { ErrorCode } from '../core/protocol.js';
 import type { Store } from '../core/store.js';
 import type { SyncService } from '../core/sync-service.js';
+import { errorResponse } from '../transports/http.js';
+import { FieldFeed } from './feed.js';
+import { FieldHttpRoutes } from './http.js';
+import { FieldService } from './service.js';
+import type { FieldStore } from './store.js';
+import { FieldWebSocket } from './websocket.js';
+
+export type { FieldPolicy } from './merge.js';
+export { decideField } from './merge.js';
+export * from './protocol.js';
+export type { FieldStore, FieldTarget } from './store.js';
 
 /** What the engine hands the field-sync module. */
 export interface FieldSyncDeps {
@@ -21,6 +38,8 @@ export interface FieldSyncDeps {
   /** `/api/field-sync` unless configured otherwise. */
   basePath: string;
   logger: SyncLogger;
+  /** WebSocket ping interval, ms (default 30 s). */
+  heartbeatMs?: number;
 }
 
 /** The field-sync routes, mounted by the engine. */
@@ -32,13 +51,73 @@ export interface FieldSyncModule {
   close(): Promise<void>;
 }
 
-export async function createFieldSync(_deps: FieldSyncDeps): Promise<FieldSyncModule> {
-  return {
-    async handle() {
+const isBetterSqlite = (db: unknown): boolean => typeof db === 'object' && db !== null && 'prepare' in db && 'pragma' in db;
+
+/** The FieldStore for the engine's database, or null when its dialect has none yet. */
+async function openFieldStore(store: Store): Promise<FieldStore | null> {
+  switch (store.dialect) {
+    case 'sqlite': {
+      const db = (store as { db?: unknown }).db;
+      if (!isBetterSqlite(db)) throw new TypeError('rhtmx-sync: field-level sync on SQLite needs the built-in SqliteStore');
+      const { SqliteFieldStore } = await import('../stores/sqlite-fields.js');
+      return new SqliteFieldStore(db as ConstructorParameters<typeof SqliteFieldStore>[0]);
+    }
+    case 'postgres':
       return null;
+  }
+}
+
+export async function createFieldSync(deps: FieldSyncDeps): Promise<FieldSyncModule> {
+  const store = await openFieldStore(deps.store);
+  if (!store) return unavailable(deps);
+  const onError = (error: unknown) => deps.logger.error({ err: error }, 'rhtmx-sync: field sync internal error');
+  const service = new FieldService(store, deps.service, deps.clock, deps.strategy, deps.limits);
+  await store.init(service.allTargets());
+  const feed = new FieldFeed(store, deps.store, onError);
+  await feed.start();
+  const onPush = () => {
+    // The hub wakes entity-level live clients; the feed sends field_change without waiting for a poll.
+    deps.hub.wake();
+    feed.wake();
+  };
+  const http = new FieldHttpRoutes(service, { basePath: deps.basePath, limits: deps.limits, onPush, onError });
+  const ws = new FieldWebSocket(service, feed, {
+    path: `${deps.basePath}/ws`,
+    limits: deps.limits,
+    heartbeatMs: deps.heartbeatMs ?? 30_000,
+    onPush,
+    onError,
+  });
+  deps.logger.debug({ strategy: deps.strategy, dialect: store.dialect }, 'rhtmx-sync: field sync ready');
+  return {
+    handle: (request, url) => http.handle(request, url),
+    handleUpgrade: (request, socket, head) => ws.handleUpgrade(request, socket, head),
+    async close() {
+      feed.stop();
+      await ws.close();
+      await store.close();
     },
-    handleUpgrade() {
-      return false;
+  };
+}
+
+/**
+ * Field sync configured on a database without a FieldStore (PostgreSQL, for
+ * now): entity-level sync keeps working, and every field route says why it
+ * cannot answer instead of pretending the feature is not there.
+ */
+function unavailable(deps: FieldSyncDeps): FieldSyncModule {
+  const message = `field-level sync is not available on ${deps.store.dialect} yet; entity-level sync under /api/sync works`;
+  deps.logger.warn(`rhtmx-sync: ${message}`);
+  const base = deps.basePath;
+  const ours = (path: string) => path === base || path.startsWith(`${base}/`);
+  return {
+    async handle(_request, url) {
+      return ours(url.pathname) ? errorResponse(new SyncError(ErrorCode.Internal, message, 501)) : null;
+    },
+    handleUpgrade(request, socket) {
+      if ((request.url ?? '').split('?')[0] !== `${base}/ws`) return false;
+      socket.end(`HTTP/1.1 501 Not Implemented\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\n${message}\n`);
+      return true;
     },
     async close() {},
   };
