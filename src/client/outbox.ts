@@ -49,7 +49,8 @@ const BATCH = 100;
 
 /** Write a local mutation and its optimistic row in one transaction; resolves once durable. */
 export async function enqueue(db: Db, entity: string, change: LocalChange): Promise<OutboxEntry> {
-  const id = String(change.id ?? change.data?.id ?? uuid());
+  const given = change.id ?? change.data?.id;
+  const id = String(given ?? uuid());
   return db.run([entity, META, OUTBOX], 'readwrite', async (tx) => {
     const meta = tx.objectStore(META);
     const store = tx.objectStore(entity);
@@ -66,6 +67,7 @@ export async function enqueue(db: Db, entity: string, change: LocalChange): Prom
       timestamp: hlcNow(),
       prev,
     };
+    if (given === undefined || given === null) entry.tmp = true;
     tx.objectStore(OUTBOX).add(entry);
     applyLocal(store, entry, prev ?? undefined);
     return entry;
@@ -106,6 +108,8 @@ export function sender(base: string, clientId: () => string, ws: (message: any) 
 export interface OutboxOptions {
   db: Db;
   send: Sender;
+  /** Whether the entity's key is an integer the database assigns (then creates are sent without our temporary id). */
+  integerKey(entity: string): Promise<boolean>;
   changed(rows: RowChange[]): void;
   conflict(detail: ConflictDetail): void;
   log(...args: unknown[]): void;
@@ -126,6 +130,11 @@ export function outboxFlusher(options: OutboxOptions): () => Promise<void> {
     }
     running = true;
     clearTimeout(timer);
+    // The `online` event reconnects, and the new connection flushes.
+    if (!navigator.onLine) {
+      running = false;
+      return;
+    }
     // After the server refused a whole batch, send one at a time to find the bad mutation.
     let limit = BATCH;
     try {
@@ -141,13 +150,14 @@ export function outboxFlusher(options: OutboxOptions): () => Promise<void> {
           ids.add(entry.id);
           batch.push(entry);
         }
+        const keyless = batch.some((entry) => entry.tmp) && (await options.integerKey(entity));
         let results: PushResult[];
         try {
           results = await options.send(
             entity,
-            batch.map(({ mutation_id, id, action, data, base_version, timestamp }) => ({
+            batch.map(({ mutation_id, id, action, data, base_version, timestamp, tmp }) => ({
               mutation_id,
-              id,
+              id: tmp && keyless ? undefined : id,
               action,
               data,
               base_version,
@@ -194,9 +204,20 @@ export function outboxFlusher(options: OutboxOptions): () => Promise<void> {
         let row = (await req(store.get(entry.id))) as StoredRow | undefined;
         const server = result.row === undefined ? undefined : result.row && { ...result.row, id: entry.id };
         if (result.status === 'applied') {
+          // The database assigned the key of a create sent without one: move the row and its later changes to it.
+          const id = result.id ?? entry.id;
           // Later changes of this row were made on top of this one: they are based on the version it produced.
           for (const other of later) {
-            if (other.base_version === entry.base_version) box.put({ ...other, base_version: result.version });
+            box.put({ ...other, id, base_version: other.base_version === entry.base_version ? result.version : other.base_version });
+          }
+          if (id !== entry.id) {
+            store.delete(entry.id);
+            // The live echo of the create may have arrived first.
+            let moved = ((await req(store.get(id))) as StoredRow | undefined) ?? (row && { ...row, id, _a: result.version });
+            if (moved) store.put(moved);
+            for (const other of later) moved = applyLocal(store, { ...other, id }, moved);
+            touched.push([entity, entry.id, 'delete'], [entity, id, 'create']);
+            continue;
           }
           if (server === undefined) {
             if (row && result.version) store.put({ ...row, _a: result.version });

@@ -14,7 +14,7 @@
  *   stay visible until the server answers them.
  */
 import type { Change, PullResponse, Row } from '../core/protocol.js';
-import { fetchJson } from './connection.js';
+import { fetchJson, type HttpError } from './connection.js';
 import type { RowChange } from './events.js';
 import { hlcObserve } from './hlc.js';
 import { type Db, META, OUTBOX, req } from './idb.js';
@@ -41,6 +41,8 @@ export interface OutboxEntry {
   timestamp: number;
   /** The local row before this change, to restore when the server rejects it without a row. */
   prev: StoredRow | null;
+  /** The id was made by this client (a create without id): integer-keyed tables get the server's id instead. */
+  tmp?: true;
 }
 
 /** Per-entity cursor in `rhtmx:meta` under `c:<entity>`: version and, mid-snapshot, the continuation token. */
@@ -113,9 +115,17 @@ export async function pullEntity(db: Db, base: string, entity: string, changed: 
   for (;;) {
     const cursor = (await db.run([META], 'readonly', (tx) => req(tx.objectStore(META).get(key)))) as Cursor | undefined;
     const token = cursor?.n;
-    const page = await fetchJson<PullResponse>(
-      `${base}/${encodeURIComponent(entity)}?since=${token ? `0&snapshot=${encodeURIComponent(token)}` : (cursor?.v ?? 0)}`,
-    );
+    let page: PullResponse;
+    try {
+      page = await fetchJson<PullResponse>(
+        `${base}/${encodeURIComponent(entity)}?since=${token ? `0&snapshot=${encodeURIComponent(token)}` : (cursor?.v ?? 0)}`,
+      );
+    } catch (error) {
+      // A snapshot token the server no longer accepts (e.g. after a deploy): start the snapshot over.
+      if (!token || (error as HttpError).body?.error.code !== 'bad_cursor') throw error;
+      await db.run([META], 'readwrite', (tx) => tx.objectStore(META).delete(key));
+      continue;
+    }
     const snapshot = Boolean(token || page.reset);
     const [rows, reached] = await db.run([entity, META, OUTBOX], 'readwrite', async (tx): Promise<[RowChange[], number]> => {
       const meta = tx.objectStore(META);

@@ -5,7 +5,8 @@
  * Only the leader tab talks to the server. Every tab writes IndexedDB
  * directly (pushes, manual pulls) and tells the others over the tab channel:
  * `c` rows changed, `e` an event to re-dispatch, `f` please flush the
- * outbox, `w` entities a tab wants synced, `r` the leader finished a catch-up.
+ * outbox, `w` entities a tab wants synced, `r` the leader finished a
+ * catch-up, `l` a tab just became the leader (followers answer with `w`).
  */
 import type { LiveChangeMessage, Row, SchemaResponse } from '../core/protocol.js';
 import { type Connection, type ConnectionState, connect, fetchJson, type HttpError } from './connection.js';
@@ -81,6 +82,7 @@ interface TabMessage {
   f?: 1;
   w?: string[];
   r?: 1;
+  l?: 1;
 }
 
 const STATE_EVENT = 'rhtmx:connection:state';
@@ -114,6 +116,8 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
       if (message.e[0] === STATE_EVENT) state = (message.e[1] as ConnectionStateDetail).state;
     }
     if (message.r && !leader) void checkReady();
+    // A new leader: tell it what this tab needs synced.
+    if (message.l && !leader) post({ w: entities });
     if (!leader || !withLocks) return;
     if (message.f) void flush();
     if (message.w) {
@@ -159,6 +163,16 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
 
   const pull = (entity: string) => pullEntity(db, base, entity, changed);
 
+  /** `GET /schema`, fetched when first needed (entity discovery, integer keys); retried after a failure. */
+  let schema: Promise<SchemaResponse> | null = null;
+  const getSchema = (): Promise<SchemaResponse> => {
+    schema ??= fetchJson<SchemaResponse>(`${base}/schema`);
+    schema.catch(() => {
+      schema = null;
+    });
+    return schema;
+  };
+
   const flush = outboxFlusher({
     db,
     send: sender(
@@ -166,6 +180,10 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
       () => clientId,
       (message) => connection?.request(message) ?? null,
     ),
+    async integerKey(entity) {
+      const info = (await getSchema()).entities.find((candidate) => candidate.name === entity);
+      return info?.columns.find((column) => column.name === info.primaryKey)?.type === 'integer';
+    },
     changed,
     conflict: (detail: ConflictDetail) => emit('rhtmx:sync:conflict', detail),
     log,
@@ -231,6 +249,7 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
   const becomeLeader = () => {
     leader = true;
     log('leader');
+    post({ l: 1 });
     connection = connect({
       base,
       useWebSocket: options.useWebSocket !== false,
@@ -243,7 +262,7 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
 
   const started = (async () => {
     if (!entities.length) {
-      entities.push(...(await fetchJson<SchemaResponse>(`${base}/schema`)).entities.map((entity) => entity.name));
+      entities.push(...(await getSchema()).entities.map((entity) => entity.name));
     }
     clientId = await db.run([...entities, META], 'readwrite', async (tx) => {
       const meta = tx.objectStore(META);

@@ -31,14 +31,16 @@ export interface FixtureOptions extends Partial<SyncEngineOptions> {
   refuseWebSocket?: boolean;
   /** Rows to seed: [id, title]. */
   seed?: Array<[string, string]>;
+  /** Schema to create instead of the default todos table (must include todos). */
+  setupSql?: string;
 }
 
 export interface Fixture {
   url: string;
   engine: SyncEngine;
   db: Database.Database;
-  /** `/?htmx=2|4&ws=false&debug=true` */
-  pageUrl(query?: { htmx?: '2' | '4'; ws?: boolean }): string;
+  /** `/?htmx=2|4&ws=false&entities=todos,notes` */
+  pageUrl(query?: { htmx?: '2' | '4'; ws?: boolean; entities?: string }): string;
   /** A write through a second SQLite connection, as another process would make it. */
   externalWrite(sql: string, ...params: unknown[]): void;
   /** Rows of the todos table. */
@@ -48,7 +50,7 @@ export interface Fixture {
 
 const escapeHtml = (text: string) => text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
-function page(htmx: string, useWebSocket: boolean): string {
+function page(htmx: string, useWebSocket: boolean, entities: string): string {
   return `<!doctype html>
 <html>
 <head>
@@ -61,7 +63,7 @@ function page(htmx: string, useWebSocket: boolean): string {
     }
   </script>
   <script src="/htmx${htmx}.js"></script>
-  <script src="/api/sync/client.js" data-sync-entities="todos" data-conflict-strategy="server-wins" data-debug="true"${useWebSocket ? '' : ' data-use-websocket="false"'}></script>
+  <script src="/api/sync/client.js" data-sync-entities="${escapeHtml(entities)}" data-conflict-strategy="server-wins" data-debug="true"${useWebSocket ? '' : ' data-use-websocket="false"'}></script>
 </head>
 <body>
   <h1>Todos</h1>
@@ -71,8 +73,8 @@ function page(htmx: string, useWebSocket: boolean): string {
 }
 
 export async function startFixture(options: FixtureOptions = {}): Promise<Fixture> {
-  const { refuseWebSocket, seed = [], ...engineOptions } = options;
-  const temp = tempDb();
+  const { refuseWebSocket, seed = [], setupSql, ...engineOptions } = options;
+  const temp = tempDb(setupSql);
   const insert = temp.db.prepare('INSERT INTO todos (id, title, done) VALUES (?, ?, 0)');
   for (const [id, title] of seed) insert.run(id, title);
   const engine = new SyncEngine({ db: temp.db, entities: ['todos'], pollMs: 10, clientDir: await buildClient(), ...engineOptions });
@@ -83,7 +85,9 @@ export async function startFixture(options: FixtureOptions = {}): Promise<Fixtur
     const url = new URL(req.url ?? '/', 'http://localhost');
     if (url.pathname === '/') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(page(url.searchParams.get('htmx') ?? '4', url.searchParams.get('ws') !== 'false'));
+      res.end(
+        page(url.searchParams.get('htmx') ?? '4', url.searchParams.get('ws') !== 'false', url.searchParams.get('entities') ?? 'todos'),
+      );
       return;
     }
     const htmx = /^\/htmx(\d)\.js$/.exec(url.pathname)?.[1];
@@ -119,7 +123,8 @@ export async function startFixture(options: FixtureOptions = {}): Promise<Fixtur
     url,
     engine,
     db: temp.db,
-    pageUrl: (query = {}) => `${url}/?htmx=${query.htmx ?? '4'}${query.ws === false ? '&ws=false' : ''}`,
+    pageUrl: (query = {}) =>
+      `${url}/?htmx=${query.htmx ?? '4'}${query.ws === false ? '&ws=false' : ''}${query.entities ? `&entities=${query.entities}` : ''}`,
     externalWrite(sql, ...params) {
       const other = new Database(temp.path);
       try {
