@@ -11,8 +11,14 @@ import { postJson } from './helpers.js';
 
 const listText = async (page: Page) => (await page.locator('#list').textContent()) ?? '';
 
-for (const htmx of ['2', '4'] as const) {
-  describe(`htmx ${htmx} page`, () => {
+const PAGES = [
+  { htmx: '2', defer: false },
+  { htmx: '4', defer: false },
+  { htmx: '4', defer: true },
+] as const;
+
+for (const { htmx, defer } of PAGES) {
+  describe(`htmx ${htmx} page, client script ${defer ? 'deferred' : 'plain in <head>'}`, () => {
     let fixture: Fixture;
     let browser: Browser;
     before(async () => {
@@ -27,7 +33,7 @@ for (const htmx of ['2', '4'] as const) {
     test('re-renders on rhtmx:todos:changed after pushes and raw SQL writes by others', async () => {
       const page = await browser.newPage();
       forwardConsole(page, `htmx${htmx}`);
-      await page.goto(fixture.pageUrl({ htmx }));
+      await page.goto(fixture.pageUrl({ htmx, defer }));
       const loaded = await page.evaluate(() => ((window as any).htmx?.version as string) ?? '');
       assert.ok(loaded.startsWith(htmx), `htmx ${htmx}.x loaded (got ${loaded})`);
       await page.evaluate(() => window.rhtmxSync.ready);

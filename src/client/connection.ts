@@ -16,9 +16,12 @@ export interface HttpError extends Error {
   body: ErrorBody | null;
 }
 
-/** GET (or send) JSON; rejects with an `HttpError` for non-2xx answers. */
-export async function fetchJson<T>(url: string, init?: RequestInit): Promise<T> {
-  const response = await fetch(url, { cache: 'no-store', headers: { 'content-type': 'application/json' }, ...init });
+/** A request that hangs (a half-open connection) must fail eventually so the caller retries; older browsers lack `timeout`. */
+export const deadline = (): AbortSignal | undefined => AbortSignal.timeout?.(60_000);
+
+/** GET JSON; rejects with an `HttpError` for non-2xx answers. */
+export async function fetchJson<T>(url: string): Promise<T> {
+  const response = await fetch(url, { cache: 'no-store', signal: deadline() });
   const body = await response.json().catch(() => null);
   if (response.ok) return body as T;
   throw Object.assign(new Error(body?.error?.message ?? `HTTP ${response.status}`), { status: response.status, body }) as HttpError;

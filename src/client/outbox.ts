@@ -14,7 +14,7 @@
  *   `base_version` is only known once the earlier one is acknowledged.
  */
 import type { ChangeAction, PushChange, PushResult, Row, ServerMessage } from '../core/protocol.js';
-import { backoff } from './connection.js';
+import { backoff, deadline } from './connection.js';
 import type { RowChange } from './events.js';
 import { hlcNow, uuid } from './hlc.js';
 import { type Db, META, OUTBOX, req } from './idb.js';
@@ -98,6 +98,7 @@ export function sender(base: string, clientId: () => string, ws: (message: any) 
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify(body),
+      signal: deadline(),
     });
     const answer = await response.json().catch(() => null);
     if (response.ok) return answer.results;
@@ -112,6 +113,8 @@ export interface OutboxOptions {
   integerKey(entity: string): Promise<boolean>;
   changed(rows: RowChange[]): void;
   conflict(detail: ConflictDetail): void;
+  /** IndexedDB failures (e.g. QuotaExceededError), reported to the app; the outbox is kept and retried. */
+  error(error: unknown): void;
   log(...args: unknown[]): void;
 }
 
@@ -177,8 +180,9 @@ export function outboxFlusher(options: OutboxOptions): () => Promise<void> {
       }
       attempt = 0;
     } catch (error) {
-      // Offline, server down, 5xx, 401, 429...: keep everything and try again later, forever.
+      // Offline, server down, 5xx, 401, 429, a full disk...: keep everything and try again later, forever.
       options.log('push failed, retrying', error);
+      if (error instanceof DOMException && error.name !== 'TimeoutError') options.error(error);
       again = false;
       timer = setTimeout(flush, backoff(attempt++));
     } finally {

@@ -186,6 +186,7 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
     },
     changed,
     conflict: (detail: ConflictDetail) => emit('rhtmx:sync:conflict', detail),
+    error: (error) => fail('push', error),
     log,
   });
 
@@ -195,6 +196,8 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
     const cursors = await Promise.all(
       [...entities].map((entity) =>
         pull(entity).catch((error: HttpError) => {
+          // Storage failures (QuotaExceededError...) reach the app; network ones only retry.
+          if (error instanceof DOMException && error.name !== 'TimeoutError') fail('pull', error, entity);
           if (error.body?.error.code !== 'unknown_entity') throw error;
           // A misconfigured entity must not stall the others: report it and stop syncing it.
           fail('pull', error, entity);

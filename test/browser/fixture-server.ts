@@ -39,8 +39,8 @@ export interface Fixture {
   url: string;
   engine: SyncEngine;
   db: Database.Database;
-  /** `/?htmx=2|4&ws=false&entities=todos,notes` */
-  pageUrl(query?: { htmx?: '2' | '4'; ws?: boolean; entities?: string }): string;
+  /** `/?htmx=2|4&ws=false&entities=todos,notes&defer=1` */
+  pageUrl(query?: { htmx?: '2' | '4'; ws?: boolean; entities?: string; defer?: boolean }): string;
   /** A write through a second SQLite connection, as another process would make it. */
   externalWrite(sql: string, ...params: unknown[]): void;
   /** Rows of the todos table. */
@@ -50,7 +50,7 @@ export interface Fixture {
 
 const escapeHtml = (text: string) => text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
-function page(htmx: string, useWebSocket: boolean, entities: string): string {
+function page(htmx: string, useWebSocket: boolean, entities: string, defer: boolean): string {
   return `<!doctype html>
 <html>
 <head>
@@ -63,7 +63,7 @@ function page(htmx: string, useWebSocket: boolean, entities: string): string {
     }
   </script>
   <script src="/htmx${htmx}.js"></script>
-  <script src="/api/sync/client.js" data-sync-entities="${escapeHtml(entities)}" data-conflict-strategy="server-wins" data-debug="true"${useWebSocket ? '' : ' data-use-websocket="false"'}></script>
+  <script${defer ? ' defer' : ''} src="/api/sync/client.js" data-sync-entities="${escapeHtml(entities)}" data-conflict-strategy="server-wins" data-debug="true"${useWebSocket ? '' : ' data-use-websocket="false"'}></script>
 </head>
 <body>
   <h1>Todos</h1>
@@ -85,9 +85,8 @@ export async function startFixture(options: FixtureOptions = {}): Promise<Fixtur
     const url = new URL(req.url ?? '/', 'http://localhost');
     if (url.pathname === '/') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(
-        page(url.searchParams.get('htmx') ?? '4', url.searchParams.get('ws') !== 'false', url.searchParams.get('entities') ?? 'todos'),
-      );
+      const query = url.searchParams;
+      res.end(page(query.get('htmx') ?? '4', query.get('ws') !== 'false', query.get('entities') ?? 'todos', query.has('defer')));
       return;
     }
     const htmx = /^\/htmx(\d)\.js$/.exec(url.pathname)?.[1];
@@ -124,7 +123,7 @@ export async function startFixture(options: FixtureOptions = {}): Promise<Fixtur
     engine,
     db: temp.db,
     pageUrl: (query = {}) =>
-      `${url}/?htmx=${query.htmx ?? '4'}${query.ws === false ? '&ws=false' : ''}${query.entities ? `&entities=${query.entities}` : ''}`,
+      `${url}/?htmx=${query.htmx ?? '4'}${query.ws === false ? '&ws=false' : ''}${query.entities ? `&entities=${query.entities}` : ''}${query.defer ? '&defer=1' : ''}`,
     externalWrite(sql, ...params) {
       const other = new Database(temp.path);
       try {
