@@ -24,7 +24,18 @@ for (const { entry, outfile, format } of entries) {
 }
 
 if (!clientOnly) {
-  execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.build.json')], {
-    stdio: 'inherit',
-  });
+  const tsc = (...args) => execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), ...args], { stdio: 'inherit' });
+  // The server library with declarations.
+  tsc('-p', join(root, 'tsconfig.build.json'));
+  // Declarations of the typed ESM client (`rhtmx-sync/client`).
+  tsc(
+    '-p',
+    join(root, 'src/client/tsconfig.json'),
+    '--noEmit',
+    'false',
+    '--declaration',
+    '--emitDeclarationOnly',
+    '--outDir',
+    join(out, 'types'),
+  );
 }
