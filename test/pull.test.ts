@@ -78,6 +78,12 @@ for (const store of STORES) {
       let snapshotVersion: number | undefined;
       for (;;) {
         const { body } = await getJson(url);
+        if (snapshotVersion === undefined) {
+          const rows = (await getJson(`${server.url}/api/sync/todos?since=0&limit=10000`)).body.changes.length;
+          assert.equal(body.total, rows, 'the first page of a paged snapshot says how many rows to expect');
+        } else {
+          assert.equal(body.total, undefined);
+        }
         snapshotVersion ??= body.version;
         assert.equal(body.version, snapshotVersion, 'every page is pinned to the first page version');
         for (const change of body.changes) {

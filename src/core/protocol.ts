@@ -52,6 +52,12 @@ export interface PullResponse {
   reset?: boolean;
   /** Snapshot pagination: pass back as `?since=0&snapshot=<next>` to get the next page. */
   next?: string;
+  /**
+   * First page of a multi-page snapshot: how many rows the table holds, for
+   * progress display (`rhtmx:sync:progress`). An upper bound when read scopes
+   * hide rows.
+   */
+  total?: number;
 }
 
 /** One client mutation in a push. */

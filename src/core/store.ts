@@ -130,6 +130,8 @@ export interface Store {
   retainedSince(entity: string): Promise<number>;
   /** Apply a push batch in one transaction, recording the client's last mutation id in it. */
   push(batch: PushBatch): Promise<AppliedChange[]>;
+  /** Rows in an entity's table (progress of a first catch-up). */
+  countRows(entity: string): Promise<number>;
   /** Rows in the change log (metrics). */
   logSize(): Promise<number>;
   /** Prune log entries older than the cutoff (epoch ms). Returns how many were removed. */

@@ -94,7 +94,9 @@ export class SyncService {
     if (params.since === 0 || params.since < retained) {
       // A fresh client, or a cursor older than the pruned log: send the current rows, marked as a reset.
       const page = await this.store.snapshot(schema.entity, params.limit);
-      return this.snapshotResponse(entityName, visible(page), true);
+      const response = this.snapshotResponse(entityName, visible(page), true);
+      if (response.has_more) response.total = await this.store.countRows(schema.entity);
+      return response;
     }
     const page = await this.store.readEntityLog(schema.entity, params.since, params.limit);
     const changes = latestPerRow(page.changes);

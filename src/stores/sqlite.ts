@@ -477,6 +477,11 @@ export class SqliteStore implements Store {
     return statement;
   }
 
+  async countRows(entity: string): Promise<number> {
+    const { schema } = this.entity(entity);
+    return this.db.prepare(`SELECT COUNT(*) FROM ${quoteIdent(schema.table)}`).pluck().get() as number;
+  }
+
   async logSize(): Promise<number> {
     return this.db.prepare(`SELECT COUNT(*) FROM ${LOG_TABLE}`).pluck().get() as number;
   }
