@@ -152,6 +152,11 @@ describe('demo: examples/todo', () => {
     const health = await getJson(`${demo.url}/healthz`);
     assert.equal(health.status, 200);
     assert.equal(health.body.ok, true);
+
+    const metrics = await request(`${demo.url}/metrics`, 'GET');
+    assert.equal(metrics.status, 200);
+    assert.match(metrics.text, /^rhtmx_connections\{transport="websocket"\} \d+$/m);
+    assert.match(metrics.text, /^rhtmx_log_size \d+$/m);
   });
 
   test('add, toggle, rename and delete through the htmx routes, each visible in the sync log', async () => {

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createRequire } from 'node:module';
+import { prometheusMetrics } from '../../src/adapters/prometheus.js';
 import type { SyncEngine } from '../../src/index.js';
 import type { Todo, TodoDatabase, TodoPatch } from './db.js';
 import { afterWrite, errorMessage, type HtmxMajor, page, type SafeHtml, todoList, type ViewOptions } from './views.js';
@@ -107,6 +108,8 @@ export function createApp({ todos, engine, htmx, debug }: AppOptions) {
   const htmxJs = loadHtmx(htmx);
   const appJs = readFileSync(new URL('./public/app.js', import.meta.url));
   const storeLabel = todos.dialect === 'sqlite' ? `SQLite (${todos.location})` : 'PostgreSQL';
+  // Prometheus exposition of the engine's metrics (connections, change rate, fan-out time, pushes, log size, lag).
+  const prometheus = prometheusMetrics(engine);
 
   /** The list plus the sync version it was read at (the version first: the list is then at least that new). */
   async function snapshot(): Promise<{ list: Todo[]; version: number }> {
@@ -141,6 +144,8 @@ export function createApp({ todos, engine, htmx, debug }: AppOptions) {
           return send(res, 200, JSON.stringify({ ok: true, version: await engine.currentVersion() }), 'application/json');
         case '/vendor/htmx.min.js':
           return send(res, 200, htmxJs, 'text/javascript; charset=utf-8', { 'cache-control': 'public, max-age=3600' });
+        case '/metrics':
+          return (await prometheus).handleNode(req, res);
         case '/app.js':
           return send(res, 200, appJs, 'text/javascript; charset=utf-8', { 'cache-control': 'no-cache' });
       }

@@ -26,7 +26,25 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
 }
 
 const todos = await openTodoDatabase(databaseUrl);
-const engine = new SyncEngine({ db: todos.handle, entities: ['todos'], fieldSync: FieldMergeStrategy.LastWriteWins, debug });
+const engine = new SyncEngine({
+  db: todos.handle,
+  entities: ['todos'],
+  fieldSync: FieldMergeStrategy.LastWriteWins,
+  debug,
+  // Every limit set explicitly, so the demo shows them: bodies, JSON depth, batch size, pull pages,
+  // WebSocket message size and rate, slow-consumer buffer and connections per user.
+  limits: {
+    maxBodyBytes: 256 * 1024,
+    maxJsonDepth: 16,
+    maxPushChanges: 500,
+    defaultPullLimit: 500,
+    maxPullLimit: 2000,
+    maxWsMessageBytes: 256 * 1024,
+    wsMessagesPerSecond: 100,
+    maxBufferedBytes: 4 * 1024 * 1024,
+    maxConnectionsPerUser: 16,
+  },
+});
 try {
   await engine.ready;
 } catch (error) {
