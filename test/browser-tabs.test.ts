@@ -68,4 +68,28 @@ describe('two tabs', () => {
     assert.equal((await follower.evaluate(() => window.rhtmxSync.get('todos', 'n2')))?.title, 'after hand-over');
     await context.close();
   });
+
+  test('without Web Locks every tab leads its own connection', async () => {
+    const context = await browser.newContext();
+    // Browsers without Web Locks (or insecure origins, where it is not exposed).
+    await context.addInitScript(() => Object.defineProperty(navigator, 'locks', { value: undefined }));
+    await waitFor(() => fixture.engine.connections().websocket === 0, 10_000, 'the previous test closed its socket');
+    const pages = [await context.newPage(), await context.newPage()];
+    for (const [index, page] of pages.entries()) {
+      forwardConsole(page, `nolock-${index}`);
+      await page.goto(fixture.pageUrl());
+      await page.evaluate(() => window.rhtmxSync.ready);
+    }
+    for (const page of pages) {
+      assert.equal(await page.evaluate(() => window.rhtmxSync.state().leader), true);
+      await waitInPage(page, () => window.rhtmxSync.state().state === 'websocket', 10_000, 'websocket');
+    }
+    assert.equal(fixture.engine.connections().websocket, 2);
+    await pages[0]?.evaluate(() =>
+      window.rhtmxSync.push('todos', { id: 'nl1', action: 'create', data: { title: 'no locks', done: false } }),
+    );
+    await Promise.all(pages.map((page) => hasRow(page, 'nl1')));
+    assert.equal(fixture.todos().filter((row) => row.id === 'nl1').length, 1);
+    await context.close();
+  });
 });

@@ -228,7 +228,7 @@ export function outboxFlusher(options: OutboxOptions): () => Promise<void> {
             continue;
           }
           // A retried (duplicate) or merged write: the server row is the truth.
-          row = server ? { ...server, _v: result.version } : undefined;
+          row = server ? { ...server, _v: result.version ?? result.server_version } : undefined;
         } else {
           conflicts.push({ entity, id: entry.id, change: entry, result });
           row = server === undefined ? (entry.prev ?? undefined) : server ? { ...server, _v: result.server_version } : undefined;
