@@ -136,10 +136,13 @@ export class SyncEngine {
     const onError = (error: unknown) => this.logger.error({ err: error }, 'rhtmx-sync: internal error');
     const hub = new ChangeHub(store, { onError, onPublished: (changes, seconds) => metrics.recordFanout(changes, seconds) });
     await hub.start();
+    const limiter = new ConnectionLimiter(this.limits.maxConnectionsPerUser);
+    const access = { authorize: this.options.authorize, allowedOrigins: this.options.allowedOrigins, limiter };
     let field: FieldSyncModule | null = null;
     if (this.fieldStrategy !== null) {
       const { createFieldSync } = await import('./field/index.js');
       field = await createFieldSync({
+        ...access,
         store,
         service,
         hub,
@@ -150,8 +153,6 @@ export class SyncEngine {
         logger: this.logger,
       });
     }
-    const limiter = new ConnectionLimiter(this.limits.maxConnectionsPerUser);
-    const access = { authorize: this.options.authorize, allowedOrigins: this.options.allowedOrigins, limiter };
     const http = new HttpRoutes(service, hub, {
       ...access,
       extra: field ? (request, url) => field.handle(request, url) : undefined,

@@ -20,6 +20,7 @@ function change(overrides: Partial<FieldWrite> = {}): FieldWrite {
     field: 'title',
     action: 'update',
     value: 'client',
+    json: 'client',
     clientValue: 'client',
     timestamp: null,
     baseVersion: null,
@@ -30,7 +31,16 @@ function change(overrides: Partial<FieldWrite> = {}): FieldWrite {
 
 function state(overrides: Partial<FieldServerState> = {}): FieldServerState {
   const current = stamp(10, NOW - 1000);
-  return { exists: true, value: 'server', same: false, field: current, row: current, tombstone: null, ...overrides };
+  return {
+    exists: true,
+    current: { id: '1', title: 'server' },
+    value: 'server',
+    same: false,
+    field: current,
+    row: current,
+    tombstone: null,
+    ...overrides,
+  };
 }
 
 const kind = (strategy: FieldMergeStrategy, c: FieldWrite, s: FieldServerState, clientId: string | null = 'client') =>

@@ -8,7 +8,8 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { FieldMergeStrategy, SyncLimits, SyncLogger } from '../core/config.js';
+import type { ConnectionLimiter } from '../core/access.js';
+import type { Authorize, FieldMergeStrategy, SyncLimits, SyncLogger } from '../core/config.js';
 import { SyncError } from '../core/errors.js';
 import type { HybridClock } from '../core/hlc.js';
 import type { ChangeHub } from '../core/hub.js';
@@ -40,6 +41,12 @@ export interface FieldSyncDeps {
   logger: SyncLogger;
   /** WebSocket ping interval, ms (default 30 s). */
   heartbeatMs?: number;
+  /** The engine's authorize hook: field routes and the field socket resolve the user like the entity ones. */
+  authorize?: Authorize;
+  /** Origins allowed to POST and to open the field socket. */
+  allowedOrigins?: string[];
+  /** Per-user live connection limit shared with the entity transports. */
+  limiter?: ConnectionLimiter;
 }
 
 /** The field-sync routes, mounted by the engine. */
@@ -80,11 +87,14 @@ export async function createFieldSync(deps: FieldSyncDeps): Promise<FieldSyncMod
     deps.hub.wake();
     feed.wake();
   };
-  const http = new FieldHttpRoutes(service, { basePath: deps.basePath, limits: deps.limits, onPush, onError });
+  const access = { authorize: deps.authorize, allowedOrigins: deps.allowedOrigins };
+  const http = new FieldHttpRoutes(service, { ...access, basePath: deps.basePath, limits: deps.limits, onPush, onError });
   const ws = new FieldWebSocket(service, feed, {
     path: `${deps.basePath}/ws`,
     limits: deps.limits,
     heartbeatMs: deps.heartbeatMs ?? 30_000,
+    ...access,
+    limiter: deps.limiter,
     onPush,
     onError,
   });

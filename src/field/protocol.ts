@@ -91,6 +91,8 @@ export interface FieldPushResult {
   reason?: string;
   /** This mutation id was applied before; nothing was written now. */
   duplicate?: boolean;
+  /** Rejected by the entity's schema: what was wrong. */
+  issues?: Array<{ message: string; path?: string }>;
 }
 
 /** `POST /api/field-sync/:entity` answer. */

@@ -2,15 +2,21 @@
  * FieldService: field-level pull, push and latest as plain objects; the
  * HTTP routes and the WebSocket both call these.
  */
-import type { FieldMergeStrategy, SyncLimits } from '../core/config.js';
-import { badRequest } from '../core/errors.js';
+import { checkWrite, scopedClientId } from '../core/access.js';
+import type { FieldMergeStrategy, ResolvedEntity, SyncLimits, SyncUser } from '../core/config.js';
+import { badRequest, SyncError } from '../core/errors.js';
 import type { HybridClock } from '../core/hlc.js';
+import { ErrorCode, type Row } from '../core/protocol.js';
+import { toSchemaIssues } from '../core/standard-schema.js';
 import { decodeSnapshotToken, encodeSnapshotToken, type SyncService } from '../core/sync-service.js';
 import { normaliseId } from '../core/validation.js';
 import { decideField, type FieldPolicy } from './merge.js';
 import type { FieldPullResponse, FieldPushResponse, FieldPushResult, LatestFieldsResponse } from './protocol.js';
-import type { FieldOutcome, FieldStore, FieldTarget } from './store.js';
-import { fieldColumns, validateFieldPush } from './validation.js';
+import type { FieldOutcome, FieldStore, FieldTarget, FieldValue, RowWrite, RowWriteCheck } from './store.js';
+import { coerceFieldValue, fieldColumns, validateFieldPush } from './validation.js';
+
+/** A field-synced entity: its table, writable columns and configuration (rules, schema). */
+type EntityTarget = FieldTarget & { config: ResolvedEntity };
 
 export interface FieldPullParams {
   since: number;
@@ -20,7 +26,7 @@ export interface FieldPullParams {
 }
 
 export class FieldService {
-  private readonly targets = new Map<string, FieldTarget>();
+  private readonly targets = new Map<string, EntityTarget>();
   private readonly policy: FieldPolicy;
 
   constructor(
@@ -33,8 +39,8 @@ export class FieldService {
   ) {
     this.policy = { strategy, clock };
     for (const name of entities.entityNames) {
-      const { schema } = entities.entity(name);
-      this.targets.set(name, { schema, fields: fieldColumns(schema.columns) });
+      const { schema, config } = entities.entity(name);
+      this.targets.set(name, { schema, config, fields: fieldColumns(schema.columns) });
     }
   }
 
@@ -47,17 +53,33 @@ export class FieldService {
     return [...this.targets.values()];
   }
 
-  /** The entity's target, or the engine's 404 `unknown_entity`. */
-  target(name: string): FieldTarget {
+  /**
+   * The entity's target, or the engine's 404 `unknown_entity`. Entities with a
+   * row read rule are refused (403): field changes carry no row to judge them
+   * by, and failing closed is the only way not to leak a row. Their clients
+   * use entity-level sync, which applies the rule.
+   */
+  target(name: string): EntityTarget {
     const target = this.targets.get(name);
-    if (target) return target;
-    this.entities.entity(name); // throws the 404 naming the entity
-    throw badRequest(`entity ${name} is not field-synced`);
+    if (!target) {
+      this.entities.entity(name); // throws the 404 naming the entity
+      throw badRequest(`entity ${name} is not field-synced`);
+    }
+    if (target.config.read) {
+      throw new SyncError(
+        ErrorCode.Forbidden,
+        `${name} has a row read rule; field-level sync does not serve it (use /api/sync, which applies the rule)`,
+        403,
+      );
+    }
+    return target;
   }
 
   /** Validate an entity list from a subscribe message. */
   entityList(names: unknown): string[] {
-    return this.entities.entityList(names);
+    const list = this.entities.entityList(names);
+    for (const name of list) this.target(name);
+    return list;
   }
 
   async pull(entity: string, params: FieldPullParams): Promise<FieldPullResponse> {
@@ -76,14 +98,19 @@ export class FieldService {
     return { entity, version: page.version, changes: page.changes, has_more: page.hasMore };
   }
 
-  async push(entity: string, body: unknown): Promise<FieldPushResponse> {
+  /** Apply a field push as `user` (null without an authorize hook). */
+  async push(entity: string, body: unknown, user: SyncUser | null = null): Promise<FieldPushResponse> {
     const target = this.target(entity);
     const { clientId, changes } = validateFieldPush(body, target, this.limits);
+    const { config } = target;
     const outcomes = await this.store.push({
       entity,
-      clientId,
+      // Exactly-once bookkeeping is per user: the same client id from two users never collides.
+      clientId: scopedClientId(clientId, user),
+      origin: clientId,
       changes,
       decide: (change, state) => decideField(this.policy, clientId, change, state),
+      prepareWrite: config.write || config.schema ? (write) => checkRowWrite(target, write, user) : undefined,
     });
     const results = outcomes.map(toResult);
     return {
@@ -105,6 +132,44 @@ export class FieldService {
   }
 }
 
+/**
+ * The entity's write rule and Standard Schema, applied to a field write as to
+ * an entity push: the rule sees the columns written and the current row (a
+ * refusal is a 403 for the whole push); the schema sees the whole row after
+ * the write, and its output, coerced to the column types, is what is written.
+ */
+function checkRowWrite(target: EntityTarget, write: RowWrite, user: SyncUser | null): RowWriteCheck {
+  const { config, schema } = target;
+  if (config.write) {
+    checkWrite(
+      { mutationId: null, id: write.entityId, action: write.action, data: write.json, baseVersion: null, timestamp: null },
+      { row: write.current, version: 0, hlc: 0, base: null },
+      schema.primaryKey,
+      config,
+      user,
+      write.index,
+    );
+  }
+  if (!config.schema || write.action === 'delete') return { ok: true, values: write.values };
+  const row: Row = { ...(write.current ?? {}), ...write.json, [schema.primaryKey]: write.current?.[schema.primaryKey] ?? write.entityId };
+  const result = config.schema['~standard'].validate(row);
+  if (result instanceof Promise) return { ok: false, reason: 'schema validation must be synchronous' };
+  if (result.issues) return { ok: false, reason: 'schema validation failed', issues: toSchemaIssues(result.issues) };
+  const output = (result.value ?? {}) as Row;
+  const values: Record<string, FieldValue> = {};
+  for (const field of Object.keys(write.values)) {
+    const column = target.fields.find((candidate) => candidate.name === field);
+    if (!column || !(field in output)) {
+      values[field] = write.values[field] ?? null;
+      continue;
+    }
+    const coerced = coerceFieldValue(column, output[field]);
+    if (!coerced.ok) return { ok: false, reason: `schema output ${field}: ${coerced.reason}` };
+    values[field] = coerced.value;
+  }
+  return { ok: true, values };
+}
+
 function toResult(outcome: FieldOutcome): FieldPushResult {
   const { change } = outcome;
   const result: FieldPushResult = { entity_id: change.entityId, field: change.field, status: outcome.status };
@@ -118,5 +183,6 @@ function toResult(outcome: FieldOutcome): FieldPushResult {
     result.client_value = change.clientValue ?? null;
   }
   if (outcome.reason !== undefined) result.reason = outcome.reason;
+  if (outcome.issues) result.issues = outcome.issues;
   return result;
 }

@@ -13,7 +13,8 @@
  * the field rows a push touches, and cursors capped like the main store's
  * (commits can land out of version order there).
  */
-import type { ColumnSchema } from '../core/protocol.js';
+import type { ColumnSchema, Row } from '../core/protocol.js';
+import type { SchemaIssue } from '../core/standard-schema.js';
 import type { TableSchema } from '../core/store.js';
 import type { FieldAction, FieldChange, FieldState } from './protocol.js';
 
@@ -35,6 +36,8 @@ export interface FieldWrite {
   action: FieldAction;
   /** The value to store, coerced to the column's type (null for deletes). */
   value: FieldValue;
+  /** The coerced value as the row's JSON shows it (booleans, hex for blobs, parsed JSON). */
+  json: unknown;
   /** The value as the client sent it, reported back in conflicts. */
   clientValue: unknown;
   /** The client's timestamp as an HLC number (not yet clamped), or null. */
@@ -57,6 +60,8 @@ export const NEVER_WRITTEN: WriteStamp = Object.freeze({ version: 0, hlc: 0, cli
 export interface FieldServerState {
   /** The row exists now. */
   exists: boolean;
+  /** The whole current row as its JSON shows it (null when missing), for write rules. */
+  current: Row | null;
   /** The field's current value as the row's JSON shows it (null when the row is missing). */
   value: unknown;
   /** The column already holds the pushed value (writing would change nothing). */
@@ -90,18 +95,46 @@ export interface FieldOutcome {
   /** The field's current value after the outcome (the server's value for conflicts). */
   value?: unknown;
   reason?: string;
+  /** Schema validation issues of a rejected change. */
+  issues?: SchemaIssue[];
 }
+
+/** One row write a push is about to make (after the merge decided to write). */
+export interface RowWrite {
+  action: 'create' | 'update' | 'delete';
+  entityId: string;
+  /** The row as it is now (null when it does not exist). */
+  current: Row | null;
+  /** Columns to write (empty for deletes); several for a row created field by field. */
+  values: Record<string, FieldValue>;
+  /** The same values as the row's JSON shows them. */
+  json: Row;
+  /** Index in the batch of the (first) change making this write. */
+  index: number;
+}
+
+/** What the write check made of a row write: the values to write, or why not. */
+export type RowWriteCheck = { ok: true; values: Record<string, FieldValue> } | { ok: false; reason: string; issues?: SchemaIssue[] };
 
 /** Everything a store needs to apply one field push. */
 export interface FieldPushBatch {
   entity: string;
+  /** Key of the exactly-once bookkeeping (per user when authorization is on). */
   clientId: string | null;
+  /** The client id as the client knows it, stamped on the written changes; defaults to clientId. */
+  origin?: string | null;
   changes: FieldWrite[];
   /**
    * Called inside the transaction for each change that is not a duplicate.
    * Synchronous on purpose: SQLite transactions cannot span an await.
    */
   decide(change: FieldWrite, state: FieldServerState): FieldDecision;
+  /**
+   * Called inside the transaction right before each write (the app's write
+   * rule and schema). A thrown SyncError (forbidden) must roll the whole push
+   * back and propagate; a refusal rejects the changes of this write only.
+   */
+  prepareWrite?(write: RowWrite): RowWriteCheck;
 }
 
 /** A page of field changes after a cursor, in version order. */

@@ -88,7 +88,7 @@ function validateFieldChange(raw: unknown, where: string, target: FieldTarget): 
 
   if (field === ROW_FIELD) {
     if (action !== 'delete') throw badRequest(`${where}: field "*" (the whole row) only takes action "delete"`);
-    return { ...base, value: null, clientValue: null, invalid: null };
+    return { ...base, value: null, json: null, clientValue: null, invalid: null };
   }
   if (field === schema.primaryKey) {
     throw badRequest(`${where}: ${JSON.stringify(field)} is the primary key of ${schema.entity}; it cannot be changed field by field`);
@@ -104,9 +104,24 @@ function validateFieldChange(raw: unknown, where: string, target: FieldTarget): 
   return {
     ...base,
     value: coerced.ok ? coerced.value : null,
+    json: coerced.ok ? fieldJson(column, coerced.value) : null,
     clientValue,
     invalid: coerced.ok ? null : `${field}: ${coerced.reason}`,
   };
+}
+
+/** A coerced value as the row's JSON shows it: what clients read back, and what rules and schemas see. */
+export function fieldJson(column: ColumnSchema, value: FieldValue): unknown {
+  if (value === null) return null;
+  if (Buffer.isBuffer(value)) return value.toString('hex').toUpperCase();
+  if (column.type === 'json' && typeof value === 'string') {
+    try {
+      return JSON.parse(value);
+    } catch {
+      return value;
+    }
+  }
+  return value;
 }
 
 type Coerced = { ok: true; value: FieldValue } | { ok: false; reason: string };

@@ -9,11 +9,13 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { type WebSocket, WebSocketServer } from 'ws';
-import type { SyncLimits } from '../core/config.js';
+import { type ConnectionLimiter, checkOrigin, resolveUser } from '../core/access.js';
+import type { Authorize, SyncLimits, SyncUser } from '../core/config.js';
 import { badRequest, SyncError, toSyncError } from '../core/errors.js';
 import { EntityFilter } from '../core/hub.js';
 import { ErrorCode } from '../core/protocol.js';
 import { parseJson } from '../core/validation.js';
+import { toWebRequest } from '../transports/node.js';
 import { SyncConnection } from '../transports/websocket.js';
 import type { FieldFeed } from './feed.js';
 import type { FieldServerMessage } from './protocol.js';
@@ -24,6 +26,10 @@ export interface FieldWebSocketOptions {
   limits: SyncLimits;
   /** Server → client ping interval; a socket that misses one is terminated. */
   heartbeatMs: number;
+  authorize?: Authorize;
+  allowedOrigins?: string[];
+  /** The engine's per-user live connection limit, shared with the entity transports. */
+  limiter?: ConnectionLimiter;
   onPush: () => void;
   onError?: (error: unknown) => void;
 }
@@ -39,8 +45,9 @@ class FieldConnection {
 
   constructor(readonly link: SyncConnection) {}
 
-  send(message: FieldServerMessage | string): void {
-    this.link.send(typeof message === 'string' ? message : JSON.stringify(message));
+  /** Replies, or (`live`) unpaced live batches, which count against the slow-consumer limit. */
+  send(message: FieldServerMessage | string, live = false): void {
+    this.link.send(typeof message === 'string' ? message : JSON.stringify(message), live);
   }
 }
 
@@ -71,12 +78,32 @@ export class FieldWebSocket {
   handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): boolean {
     const path = (request.url ?? '').split('?')[0];
     if (path !== this.options.path) return false;
-    this.server.handleUpgrade(request, socket, head, (ws) => this.accept(ws));
+    void this.admit(request, socket, head);
     return true;
   }
 
-  private accept(socket: WebSocket): void {
-    const connection = new FieldConnection(new SyncConnection(socket, this.options.limits));
+  /** Origin, authorization and connection limits are checked before the handshake completes (as on /api/sync/ws). */
+  private async admit(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const webRequest = toWebRequest(request);
+    let user: SyncUser | null;
+    let release: () => void;
+    try {
+      checkOrigin(webRequest.headers, webRequest.url, this.options.allowedOrigins);
+      user = await resolveUser(this.options.authorize, webRequest);
+      release = this.options.limiter?.acquire(user) ?? (() => {});
+    } catch (error) {
+      const refusal = toSyncError(error);
+      const body = JSON.stringify(refusal.toBody());
+      socket.end(
+        `HTTP/1.1 ${refusal.status} ${refusal.code}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+      return;
+    }
+    this.server.handleUpgrade(request, socket, head, (ws) => this.accept(ws, user, this.options.authorize ? webRequest : null, release));
+  }
+
+  private accept(socket: WebSocket, user: SyncUser | null, request: Request | null, release: () => void): void {
+    const connection = new FieldConnection(new SyncConnection(socket, this.options.limits, user, request));
     this.connections.add(connection);
     socket.on('pong', () => {
       connection.link.alive = true;
@@ -88,6 +115,7 @@ export class FieldWebSocket {
     socket.on('close', () => {
       connection.unsubscribe?.();
       this.connections.delete(connection);
+      release();
     });
     socket.on('error', () => socket.terminate());
     connection.send({
@@ -110,6 +138,7 @@ export class FieldWebSocket {
       if (typeof message !== 'object' || message === null || Array.isArray(message)) throw badRequest('a message must be a JSON object');
       const record = message as Record<string, unknown>;
       if (typeof record.ref === 'string' || typeof record.ref === 'number') ref = record.ref;
+      if (!(await this.sessionValid(connection))) return;
       const reply = await this.dispatch(record, connection);
       connection.send(ref === undefined ? reply : { ...reply, ref });
     } catch (error) {
@@ -119,6 +148,17 @@ export class FieldWebSocket {
       if (ref !== undefined) reply.ref = ref;
       connection.send(reply);
     }
+  }
+
+  /** Whether the socket's session is still the same user; closes the socket when it is not. */
+  private async sessionValid(connection: FieldConnection): Promise<boolean> {
+    const { link } = connection;
+    if (!link.request || !this.options.authorize) return true;
+    const user = await resolveUser(this.options.authorize, link.request).catch(() => null);
+    if (user?.id === link.user?.id) return true;
+    connection.send({ type: 'error', code: ErrorCode.Unauthorized, message: 'session ended' });
+    link.socket.close(4401, 'session ended');
+    return false;
   }
 
   private async dispatch(message: Record<string, unknown>, connection: FieldConnection): Promise<FieldReply> {
@@ -155,14 +195,14 @@ export class FieldWebSocket {
         return { type: 'latest', ...latest };
       }
       case 'push_fields':
-        return this.pushFields(message);
+        return this.pushFields(message, connection.link.user);
       default:
         throw new SyncError(ErrorCode.UnknownMessage, `unknown message type ${JSON.stringify(String(message.type).slice(0, 32))}`);
     }
   }
 
   /** The seed's `push_fields`: one row, several fields, rewritten to the HTTP push shape. */
-  private async pushFields(message: Record<string, unknown>): Promise<FieldReply> {
+  private async pushFields(message: Record<string, unknown>, user: SyncUser | null): Promise<FieldReply> {
     if (typeof message.entity !== 'string') throw badRequest('push_fields needs an entity');
     if (message.entity_id === undefined || message.entity_id === null) throw badRequest('push_fields needs an entity_id');
     if (!Array.isArray(message.fields)) throw badRequest('push_fields needs a "fields" array');
@@ -175,7 +215,7 @@ export class FieldWebSocket {
         mutation_id: field.mutation_id ?? message.mutation_id,
       };
     });
-    const response = await this.service.push(message.entity, { client_id: message.client_id, changes });
+    const response = await this.service.push(message.entity, { client_id: message.client_id, changes }, user);
     this.options.onPush();
     return {
       type: 'push_ack',
@@ -194,7 +234,7 @@ export class FieldWebSocket {
     connection.unsubscribe = null;
     connection.filter = new EntityFilter(entities);
     if (entities.size === 0) return;
-    connection.unsubscribe = this.feed.subscribe({ filter: connection.filter, send: (text) => connection.send(text) }, since);
+    connection.unsubscribe = this.feed.subscribe({ filter: connection.filter, send: (text) => connection.send(text, true) }, since);
   }
 
   private pingAll(): void {

@@ -16,7 +16,9 @@
  */
 import type BetterSqlite3 from 'better-sqlite3';
 import { quoteIdent } from '../core/config.js';
-import type { ColumnSchema } from '../core/protocol.js';
+import { SyncError } from '../core/errors.js';
+import type { ColumnSchema, Row } from '../core/protocol.js';
+import type { SchemaIssue } from '../core/standard-schema.js';
 import { type FieldChange, ROW_FIELD } from '../field/protocol.js';
 import {
   type FieldChangePage,
@@ -31,6 +33,8 @@ import {
   type FieldWrite,
   NEVER_WRITTEN,
   type RowFieldStates,
+  type RowWrite,
+  type RowWriteCheck,
   type WriteStamp,
 } from '../field/store.js';
 import { LOG_TABLE } from './sqlite.js';
@@ -347,12 +351,14 @@ export class SqliteFieldStore implements FieldStore {
       if (marker && marker.value === null) tombstone = stampOf(marker);
       else if (last?.action === 'delete') tombstone = row;
     }
-    if (change.field === ROW_FIELD) return { exists: raw !== undefined, value: null, same: false, field: row, row, tombstone };
-    if (!raw) return { exists: false, value: null, same: false, field: tombstone ?? NEVER_WRITTEN, row, tombstone };
+    const current = raw ? this.rowJson(entity, raw) : null;
+    if (change.field === ROW_FIELD) return { exists: raw !== undefined, current, value: null, same: false, field: row, row, tombstone };
+    if (!raw) return { exists: false, current, value: null, same: false, field: tombstone ?? NEVER_WRITTEN, row, tombstone };
     const column = entity.columns.get(change.field) as ColumnSchema;
     const entry = s.entry.get(entity.name, change.entityId, change.field) as EntryRow | undefined;
     return {
       exists: true,
+      current,
       value: columnJsonValue(column, raw[change.field]),
       same: change.invalid === null && sameStored(raw[change.field], bindValue(change.value)),
       // No entry yet: the row predates field tracking; its latest log entry bounds the field's last write.
@@ -362,10 +368,18 @@ export class SqliteFieldStore implements FieldStore {
     };
   }
 
+  /** A raw row as its JSON shows it (what rules and schemas see). */
+  private rowJson(entity: PreparedFieldEntity, raw: Record<string, unknown>): Row {
+    const row: Row = {};
+    for (const column of entity.target.schema.columns) row[column.name] = columnJsonValue(column, raw[column.name]);
+    return row;
+  }
+
   private decide(batch: FieldPushBatch, change: FieldWrite, state: FieldServerState): FieldDecision {
     try {
       return batch.decide(change, state);
     } catch (error) {
+      if (error instanceof SyncError) throw error; // forbidden: the whole push rolls back
       return { kind: 'reject', reason: `merge failed: ${(error as Error).message}` };
     }
   }
@@ -422,10 +436,25 @@ export class SqliteFieldStore implements FieldStore {
       return;
     }
     const key = this.keyValue(entity, change.entityId);
+    const origin = batch.origin !== undefined ? batch.origin : batch.clientId;
     if (change.field === ROW_FIELD || state.exists) {
+      const remove = change.field === ROW_FIELD;
+      const checked = this.check(batch, {
+        action: remove ? 'delete' : 'update',
+        entityId: change.entityId,
+        current: state.current,
+        values: remove ? {} : { [change.field]: change.value },
+        json: remove ? {} : { [change.field]: change.json },
+        index,
+      });
+      if (!checked.ok) {
+        outcomes[index] = { change, status: 'rejected', reason: checked.reason, issues: checked.issues };
+        return;
+      }
+      const value = checked.values[change.field] ?? change.value;
       try {
-        if (change.field === ROW_FIELD) this.write(batch.clientId, decision.hlc, () => entity.deleteRow.run(key));
-        else this.write(batch.clientId, decision.hlc, () => this.updateStatement(entity, change.field).run(bindValue(change.value), key));
+        if (remove) this.write(origin, decision.hlc, () => entity.deleteRow.run(key));
+        else this.write(origin, decision.hlc, () => this.updateStatement(entity, change.field).run(bindValue(value), key));
         outcomes[index] = this.applied(entity, change, decision.hlc);
       } catch (error) {
         outcomes[index] = { change, status: 'rejected', reason: describeWriteError(error) };
@@ -443,22 +472,45 @@ export class SqliteFieldStore implements FieldStore {
       if (otherDecision.kind === 'write') group.push({ index: next, change: other, hlc: otherDecision.hlc });
       else outcomes[next] = this.settled(other, otherDecision, state);
     }
-    const values = new Map<string, FieldValue>();
-    for (const member of group) values.set(member.change.field, member.change.value);
+    const values: Record<string, FieldValue> = {};
+    const json: Row = {};
+    for (const member of group) {
+      values[member.change.field] = member.change.value;
+      json[member.change.field] = member.change.json;
+    }
+    const checked = this.check(batch, { action: 'create', entityId: change.entityId, current: null, values, json, index });
+    const reject = (reason: string, issues?: SchemaIssue[]) => {
+      for (const member of group) outcomes[member.index] = { change: member.change, status: 'rejected', reason, issues };
+    };
+    if (!checked.ok) {
+      reject(checked.reason, checked.issues);
+      return;
+    }
+    const fields = Object.keys(values);
     const hlc = Math.max(...group.map((member) => member.hlc));
     try {
-      this.write(batch.clientId, hlc, () =>
-        this.insertStatement(entity, [...values.keys()]).run(key, ...[...values.values()].map(bindValue)),
+      this.write(origin, hlc, () =>
+        this.insertStatement(entity, fields).run(key, ...fields.map((field) => bindValue(checked.values[field] ?? values[field] ?? null))),
       );
     } catch (error) {
-      const reason = describeWriteError(error);
-      for (const member of group) outcomes[member.index] = { change: member.change, status: 'rejected', reason };
+      reject(describeWriteError(error));
       return;
     }
     // The row's log entry carries the newest stamp; each field keeps its own.
     const version = (this.s.entry.get(entity.name, change.entityId, ROW_FIELD) as EntryRow | undefined)?.version ?? 0;
     for (const member of group) this.s.setHlc.run(member.hlc, entity.name, change.entityId, member.change.field, version);
     for (const member of group) outcomes[member.index] = this.applied(entity, member.change, member.hlc);
+  }
+
+  /** The app's write rule and schema for one row write; a SyncError (forbidden) aborts the whole push. */
+  private check(batch: FieldPushBatch, write: RowWrite): RowWriteCheck {
+    if (!batch.prepareWrite) return { ok: true, values: write.values };
+    try {
+      return batch.prepareWrite(write);
+    } catch (error) {
+      if (error instanceof SyncError) throw error;
+      return { ok: false, reason: `write check failed: ${(error as Error).message}` };
+    }
   }
 
   private updateStatement(entity: PreparedFieldEntity, field: string): Statement {
