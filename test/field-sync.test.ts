@@ -582,8 +582,8 @@ describe('field sync: client-wins', () => {
   });
 });
 
-describe('field sync on a database without a field store', () => {
-  test('PostgreSQL answers field routes with a clear 501 until its field store exists', async () => {
+describe('field sync on a custom store without field bookkeeping', () => {
+  test('field routes answer a clear 501; entity-level sync is unaffected', async () => {
     const warnings: unknown[] = [];
     const logger = { debug() {}, info() {}, warn: (message: unknown) => warnings.push(message), error() {} };
     const module = await createFieldSync({
@@ -599,7 +599,7 @@ describe('field sync on a database without a field store', () => {
     const response = await module.handle(new Request('http://x/api/field-sync/todos'), new URL('http://x/api/field-sync/todos'));
     assert.equal(response?.status, 501);
     const body = await response?.json();
-    assert.match(body.error.message, /not available on postgres/);
+    assert.match(body.error.message, /needs the built-in postgres store/);
     assert.equal(await module.handle(new Request('http://x/other'), new URL('http://x/other')), null);
     assert.equal(warnings.length, 1);
     await module.close();

@@ -61,6 +61,8 @@ export class FieldFeed {
   private reading = false;
   private wakeAgain = false;
   private stopWatching: (() => void) | null = null;
+  /** Set by stop(): a read still in flight then ends quietly (the store may be closing under it). */
+  private stopped = false;
 
   constructor(
     private readonly store: FieldStore,
@@ -98,6 +100,7 @@ export class FieldFeed {
 
   /** Something was written: read the new field changes and fan them out. Safe to call often. */
   wake(): void {
+    if (this.stopped) return;
     if (this.reading) {
       this.wakeAgain = true;
       return;
@@ -111,15 +114,16 @@ export class FieldFeed {
       do {
         this.wakeAgain = false;
         const page = await this.store.readChanges(this.version, this.pageSize);
+        if (this.stopped) return;
         if (page.version > this.version) {
           const batch = new FieldBatch(this.version, page.version, page.changes);
           this.version = page.version;
           this.publish(batch);
           if (page.hasMore) this.wakeAgain = true;
         }
-      } while (this.wakeAgain);
+      } while (this.wakeAgain && !this.stopped);
     } catch (error) {
-      this.onError(error);
+      if (!this.stopped) this.onError(error);
     } finally {
       this.reading = false;
     }
@@ -169,13 +173,14 @@ export class FieldFeed {
         this.deliver(state, batch);
       }
     } catch (error) {
-      this.onError(error);
+      if (!state.closed) this.onError(error);
     } finally {
       state.catchingUp = false;
     }
   }
 
   stop(): void {
+    this.stopped = true;
     this.stopWatching?.();
     this.stopWatching = null;
     for (const state of this.subscribers) state.closed = true;

@@ -59,8 +59,9 @@ export interface FieldSyncModule {
 }
 
 const isBetterSqlite = (db: unknown): boolean => typeof db === 'object' && db !== null && 'prepare' in db && 'pragma' in db;
+const isPgPool = (db: unknown): boolean => typeof db === 'object' && db !== null && 'query' in db && 'connect' in db;
 
-/** The FieldStore for the engine's database, or null when its dialect has none yet. */
+/** The FieldStore for the engine's database, or null when it has none (a custom Store without a pg pool). */
 async function openFieldStore(store: Store): Promise<FieldStore | null> {
   switch (store.dialect) {
     case 'sqlite': {
@@ -69,8 +70,12 @@ async function openFieldStore(store: Store): Promise<FieldStore | null> {
       const { SqliteFieldStore } = await import('../stores/sqlite-fields.js');
       return new SqliteFieldStore(db as ConstructorParameters<typeof SqliteFieldStore>[0]);
     }
-    case 'postgres':
-      return null;
+    case 'postgres': {
+      const pool = (store as { pool?: unknown }).pool;
+      if (!isPgPool(pool)) return null;
+      const { PostgresFieldStore } = await import('../stores/postgres-fields.js');
+      return new PostgresFieldStore(pool as ConstructorParameters<typeof PostgresFieldStore>[0], store);
+    }
   }
 }
 
@@ -111,12 +116,12 @@ export async function createFieldSync(deps: FieldSyncDeps): Promise<FieldSyncMod
 }
 
 /**
- * Field sync configured on a database without a FieldStore (PostgreSQL, for
- * now): entity-level sync keeps working, and every field route says why it
- * cannot answer instead of pretending the feature is not there.
+ * Field sync configured on a custom Store the field module cannot reach the
+ * database through: entity-level sync keeps working, and every field route
+ * says why it cannot answer instead of pretending the feature is not there.
  */
 function unavailable(deps: FieldSyncDeps): FieldSyncModule {
-  const message = `field-level sync is not available on ${deps.store.dialect} yet; entity-level sync under /api/sync works`;
+  const message = `field-level sync needs the built-in ${deps.store.dialect} store (this Store has no field bookkeeping); entity-level sync under /api/sync works`;
   deps.logger.warn(`rhtmx-sync: ${message}`);
   const base = deps.basePath;
   const ours = (path: string) => path === base || path.startsWith(`${base}/`);
