@@ -64,7 +64,9 @@ export class SyncConnection {
       this.socket.close(CLOSE_SLOW_CONSUMER, 'slow consumer: reconnect and pull');
       return;
     }
-    this.socket.send(typeof message === 'string' ? message : JSON.stringify(message));
+    // A live batch goes to every subscriber: deflating it would be per-client work (and queue
+    // behind zlib's thread pool), so it is sent as encoded once; replies may be compressed.
+    this.socket.send(typeof message === 'string' ? message : JSON.stringify(message), { compress: !live });
   }
 
   /** Resolves once the socket's send queue is below half the limit (or the socket is gone). */
@@ -101,6 +103,10 @@ export class WebSocketTransport {
       maxPayload: options.limits.maxWsMessageBytes,
       perMessageDeflate: {
         threshold: 1024,
+        // Without these ws ignores `threshold` (both ways), deflates every message and keeps zlib
+        // contexts (~250 KiB) per socket for life; with them small messages go as they are.
+        serverNoContextTakeover: true,
+        clientNoContextTakeover: true,
         // Bound what a compressed frame may inflate to (gzip bombs): ws checks maxPayload after inflating.
         zlibInflateOptions: { chunkSize: 16 * 1024 },
         concurrencyLimit: 4,
