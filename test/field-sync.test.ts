@@ -478,6 +478,35 @@ describe('field sync: last-write-wins', () => {
   });
 });
 
+describe('field sync: catch-up is paced, not counted as a slow consumer', () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startServer({ fieldSync: FieldMergeStrategy.LastWriteWins, limits: { maxBufferedBytes: 32 * 1024 } });
+  });
+  after(() => server.close());
+
+  test('a subscriber resuming from cursor 0 receives a backlog far larger than the buffer limit', async () => {
+    const insert = server.db.prepare('INSERT INTO todos (id, title) VALUES (?, ?)');
+    server.db.transaction(() => {
+      for (let i = 0; i < 3000; i++) insert.run(`b${i}`, 'x'.repeat(200));
+    })();
+    const ws = await WsClient.connect(fieldWsUrl(server));
+    let closeCode = 0;
+    ws.socket.on('close', (code) => {
+      closeCode = code;
+    });
+    try {
+      await ws.request({ type: 'subscribe', entities: ['todos'], since: 0 });
+      const received = () => ws.messages.filter((m) => m.type === 'field_change').reduce((sum, m) => sum + m.changes.length, 0);
+      await waitFor(() => received() >= 3000 * 3 || closeCode !== 0, 20_000, 'the backlog');
+      assert.equal(closeCode, 0, 'not dropped as a slow consumer');
+      assert.equal(received(), 3000 * 3);
+    } finally {
+      ws.close();
+    }
+  });
+});
+
 describe('field sync: keep-both', () => {
   let server: TestServer;
   before(async () => {

@@ -44,8 +44,13 @@ class FieldBatch {
 /** What a connection gives the feed. */
 export interface FieldSubscriber {
   filter: EntityFilter;
-  /** Send one encoded `field_change` message. */
-  send(text: string): void;
+  /**
+   * Send one encoded `field_change` message. `live` batches count against the
+   * slow-consumer limit; catch-up pages are paced by `drained` instead.
+   */
+  send(text: string, live: boolean): void;
+  /** Resolves once the consumer has room for another catch-up page. */
+  drained?(): Promise<void>;
 }
 
 interface SubscriberState {
@@ -138,14 +143,14 @@ export class FieldFeed {
       }
       if (state.cursor >= batch.version) continue;
       state.cursor = batch.version;
-      this.deliver(state, batch);
+      this.deliver(state, batch, true);
     }
   }
 
-  private deliver(state: SubscriberState, batch: FieldBatch): void {
+  private deliver(state: SubscriberState, batch: FieldBatch, live: boolean): void {
     try {
       const text = batch.messageFor(state.subscriber.filter);
-      if (text !== null) state.subscriber.send(text);
+      if (text !== null) state.subscriber.send(text, live);
     } catch (error) {
       this.onError(error);
     }
@@ -170,7 +175,9 @@ export class FieldFeed {
           page.changes.filter((change) => change.version <= upTo),
         );
         state.cursor = upTo;
-        this.deliver(state, batch);
+        this.deliver(state, batch, false);
+        // Paced by the consumer: a long catch-up never piles up in the socket's buffer.
+        await state.subscriber.drained?.();
       }
     } catch (error) {
       if (!state.closed) this.onError(error);

@@ -234,7 +234,10 @@ export class FieldWebSocket {
     connection.unsubscribe = null;
     connection.filter = new EntityFilter(entities);
     if (entities.size === 0) return;
-    connection.unsubscribe = this.feed.subscribe({ filter: connection.filter, send: (text) => connection.send(text, true) }, since);
+    connection.unsubscribe = this.feed.subscribe(
+      { filter: connection.filter, send: (text, live) => connection.send(text, live), drained: () => connection.link.drained() },
+      since,
+    );
   }
 
   private pingAll(): void {
