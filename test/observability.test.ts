@@ -37,7 +37,7 @@ describe('metrics, Prometheus, tracing and logging', () => {
     await waitFor(() => ws.changes().length >= 1 && sse.changes().length >= 1);
     const metrics = await waitFor(async () => {
       const current = await server.engine.metrics();
-      return current.fanout.count > 0 && current;
+      return current.fanout.count > 0 ? current : null;
     });
     assert.deepEqual(metrics.connections, { websocket: 1, sse: 1 });
     assert.deepEqual(metrics.pushOutcomes, { applied: 1, duplicate: 1, conflict: 0, rejected: 1 });
