@@ -37,7 +37,7 @@ import {
   type RowWriteCheck,
   type WriteStamp,
 } from '../field/store.js';
-import { LOG_TABLE } from './sqlite.js';
+import { CONTEXT_TABLE, LOG_TABLE } from './sqlite.js';
 
 type Database = BetterSqlite3.Database;
 type Statement = BetterSqlite3.Statement;
@@ -45,8 +45,6 @@ type Statement = BetterSqlite3.Statement;
 export const FIELD_VERSIONS_TABLE = '_rhtmx_field_versions';
 /** Last applied field mutation per client; separate from entity pushes so the two id sequences never collide. */
 export const FIELD_CLIENTS_TABLE = '_rhtmx_field_clients';
-/** SqliteStore's one-row context table: its triggers stamp log rows with the client id and HLC found there. */
-const CONTEXT_TABLE = '_rhtmx_sync_context';
 const TRIGGER_PREFIX = '_rhtmx_field_';
 /** Most distinct INSERT column sets cached per entity (column subsets of one table, bounded anyway). */
 const MAX_CACHED_INSERTS = 64;

@@ -31,7 +31,7 @@ export const LOG_TABLE = '_rhtmx_sync_log';
 const CLIENTS_TABLE = '_rhtmx_sync_clients';
 const META_TABLE = '_rhtmx_sync_meta';
 /** One-row table a push fills so triggers can stamp its writes with the client id and HLC. */
-const CONTEXT_TABLE = '_rhtmx_sync_context';
+export const CONTEXT_TABLE = '_rhtmx_sync_context';
 /** Epoch ms in SQL. julianday, not unixepoch('subsec'): the sqlite3 CLI of older systems (< 3.42) must run our triggers too. */
 const NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 
