@@ -87,6 +87,9 @@ interface SubscriberState {
   closed: boolean;
 }
 
+/** How long writes arriving right after a fan-out are gathered before the next one, ms. */
+const COALESCE_MS = 1;
+
 export interface HubOptions {
   /** Log entries read per wake-up. */
   pageSize?: number;
@@ -100,6 +103,10 @@ export class ChangeHub {
   private version = 0;
   private reading = false;
   private wakeAgain = false;
+  /** When the last live batch finished going out (performance.now()). */
+  private publishedAt = Number.NEGATIVE_INFINITY;
+  /** Pending drain while writes are gathered into one batch. */
+  private gathering: NodeJS.Timeout | null = null;
   private stopWatching: (() => void) | null = null;
   private readonly pageSize: number;
   private readonly onError: (error: unknown) => void;
@@ -151,6 +158,18 @@ export class ChangeHub {
       this.wakeAgain = true;
       return;
     }
+    if (this.gathering) return;
+    // A write landing within COALESCE_MS of the last fan-out waits for the rest of that window, so a
+    // stream of small transactions costs one send per client per window, not one per row. A write
+    // after a quiet moment goes out at once.
+    const wait = this.publishedAt + COALESCE_MS - performance.now();
+    if (wait > 0) {
+      this.gathering = setTimeout(() => {
+        this.gathering = null;
+        void this.drain();
+      }, wait);
+      return;
+    }
     void this.drain();
   }
 
@@ -171,7 +190,8 @@ export class ChangeHub {
           this.version = page.version;
           const started = performance.now();
           this.publish(batch);
-          this.onPublished(batch.changes.length, (performance.now() - started) / 1000);
+          this.publishedAt = performance.now();
+          this.onPublished(batch.changes.length, (this.publishedAt - started) / 1000);
           if (page.hasMore) this.wakeAgain = true;
         }
       } while (this.wakeAgain);
@@ -238,6 +258,8 @@ export class ChangeHub {
   }
 
   stop(): void {
+    if (this.gathering) clearTimeout(this.gathering);
+    this.gathering = null;
     this.stopWatching?.();
     this.stopWatching = null;
     for (const state of this.subscribers) {
