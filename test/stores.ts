@@ -3,7 +3,8 @@
  * real server on a fresh database of that kind.
  */
 import type { SyncEngineOptions } from '../src/core/config.js';
-import { type TestServer, startServer } from './helpers.js';
+import { startServer, type TestServer } from './helpers.js';
+import { type PgTestServer, rawSql, startPgServer, toPostgresParams } from './pg-helpers.js';
 
 export interface StoreUnderTest {
   name: 'sqlite' | 'postgres';
@@ -28,5 +29,30 @@ export const sqliteStore: StoreUnderTest = {
   },
 };
 
-/** Stores to run the shared suites against. The PostgreSQL entry is added by its module. */
-export const STORES: StoreUnderTest[] = [sqliteStore];
+const pgServers = new WeakMap<TestServer, PgTestServer>();
+
+/**
+ * PostgreSQL: a fresh database per server on the local PostgreSQL (see
+ * test/pg-helpers.ts). The shared suites' SQL is SQLite-flavoured; DDL and `?`
+ * placeholders are translated. `server.db` is not a SQLite handle here (it is
+ * the engine's pg Pool); `dbPath` is the database URL.
+ */
+export const postgresStore: StoreUnderTest = {
+  name: 'postgres',
+  async start(options) {
+    const pgServer = await startPgServer(options);
+    const server = { ...pgServer, db: pgServer.pool as unknown as TestServer['db'], dbPath: pgServer.dbUrl };
+    pgServers.set(server, pgServer);
+    return server;
+  },
+  async externalWrite(server, sql, params = []) {
+    const pgServer = pgServers.get(server);
+    if (!pgServer) throw new Error('externalWrite: not a PostgreSQL test server');
+    await rawSql(pgServer.dbUrl, toPostgresParams(sql), params);
+  },
+};
+
+/** Stores to run the shared suites against. RHTMX_TEST_STORES=sqlite (or postgres) narrows the list. */
+export const STORES: StoreUnderTest[] = [sqliteStore, postgresStore].filter(
+  (store) => !process.env.RHTMX_TEST_STORES || process.env.RHTMX_TEST_STORES.split(',').includes(store.name),
+);
