@@ -44,16 +44,13 @@ import {
   type RowWriteCheck,
   type WriteStamp,
 } from '../field/store.js';
-import { LOG_TABLE } from './postgres.js';
+import { CLIENT_SETTING, HLC_SETTING, LOG_TABLE } from './postgres.js';
 
 export const FIELD_VERSIONS_TABLE = '_rhtmx_field_versions';
 /** Last applied field mutation per client; separate from entity pushes so the two id sequences never collide. */
 export const FIELD_CLIENTS_TABLE = '_rhtmx_field_clients';
 const CAPTURE_FUNCTION = '_rhtmx_field_capture';
 const TRIGGER_PREFIX = '_rhtmx_field_';
-/** Transaction-local settings PostgresStore's capture trigger stamps log rows with. */
-const CLIENT_SETTING = 'rhtmx.client_id';
-const HLC_SETTING = 'rhtmx.hlc';
 /** jsonb_build_object takes at most 100 arguments. */
 const JSON_PAIRS_PER_CALL = 50;
 

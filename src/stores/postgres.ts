@@ -62,8 +62,8 @@ export const NOTIFY_CHANNEL = 'rhtmx_sync';
 /** `application_name` of the LISTEN connection, so operators (and tests) can find it in pg_stat_activity. */
 export const LISTEN_APPLICATION_NAME = 'rhtmx-sync-listen';
 /** Transaction-local settings a push uses to stamp its log rows. */
-const CLIENT_SETTING = 'rhtmx.client_id';
-const HLC_SETTING = 'rhtmx.hlc';
+export const CLIENT_SETTING = 'rhtmx.client_id';
+export const HLC_SETTING = 'rhtmx.hlc';
 /** Row-level AFTER INSERT OR UPDATE OR DELETE, as pg_trigger.tgtype encodes it. */
 const TRIGGER_TYPE = 1 | 4 | 8 | 16;
 /** The read's snapshot: xids at or above xmax, or listed in xip, were still running when it was taken. */
