@@ -14,7 +14,7 @@ import { type WebSocket, WebSocketServer } from 'ws';
 import { type ConnectionLimiter, checkOrigin, resolveUser } from '../core/access.js';
 import type { Authorize, SyncLimits, SyncUser } from '../core/config.js';
 import { badRequest, SyncError, toSyncError } from '../core/errors.js';
-import { type ChangeHub, EntityFilter } from '../core/hub.js';
+import { type ChangeHub, EntityFilter, type LiveBatch } from '../core/hub.js';
 import { CLOSE_SLOW_CONSUMER, ErrorCode, type ServerMessage } from '../core/protocol.js';
 import type { SyncService } from '../core/sync-service.js';
 import { parseJson } from '../core/validation.js';
@@ -57,7 +57,7 @@ export class SyncConnection {
    * the slow-consumer limit: replies are bounded by the message rate limit and
    * catch-up pages wait for the socket to drain.
    */
-  send(message: ServerMessage | string, live = false): void {
+  send(message: ServerMessage | string | Buffer, live = false): void {
     if (this.socket.readyState !== this.socket.OPEN) return;
     if (live && this.socket.bufferedAmount > this.limits.maxBufferedBytes) {
       // Never queue without bound for a reader that does not keep up.
@@ -66,7 +66,8 @@ export class SyncConnection {
     }
     // A live batch goes to every subscriber: deflating it would be per-client work (and queue
     // behind zlib's thread pool), so it is sent as encoded once; replies may be compressed.
-    this.socket.send(typeof message === 'string' ? message : JSON.stringify(message), { compress: !live });
+    const data = typeof message === 'string' || Buffer.isBuffer(message) ? message : JSON.stringify(message);
+    this.socket.send(data, { binary: false, compress: !live });
   }
 
   /** Resolves once the socket's send queue is below half the limit (or the socket is gone). */
@@ -86,6 +87,24 @@ export class SyncConnection {
     this.tokens -= 1;
     return true;
   }
+}
+
+/** Live batches as UTF-8 bytes per batch and filter, so N sockets share one encoding (not one per send). */
+const liveFrames = new WeakMap<LiveBatch, Map<string, Buffer | null>>();
+
+function liveBytes(batch: LiveBatch, filter: EntityFilter): Buffer | null {
+  let frames = liveFrames.get(batch);
+  if (!frames) {
+    frames = new Map();
+    liveFrames.set(batch, frames);
+  }
+  let bytes = frames.get(filter.key);
+  if (bytes === undefined) {
+    const text = batch.messageFor(filter);
+    bytes = text === null ? null : Buffer.from(text);
+    frames.set(filter.key, bytes);
+  }
+  return bytes;
 }
 
 export class WebSocketTransport {
@@ -291,8 +310,8 @@ export class WebSocketTransport {
       {
         filter,
         deliver(batch, _version, paced) {
-          const text = batch.messageFor(filter);
-          if (text !== null) connection.send(text, !paced);
+          const bytes = liveBytes(batch, filter);
+          if (bytes !== null) connection.send(bytes, !paced);
         },
         drained: () => connection.drained(),
       },
