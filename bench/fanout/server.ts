@@ -1,0 +1,252 @@
+/**
+ * Fan-out server process: alone in its process, it runs one of
+ *   - `rhtmx`: the real engine (SQLite file, triggers, hub, WebSocket + SSE
+ *     transports) behind node:http;
+ *   - `raw-ws`: a bare `ws` server broadcasting pre-encoded bytes (the floor);
+ *   - `raw-sse`: a bare node:http SSE server doing the same.
+ * Write times are taken here, on the shared monotonic clock, at commit (our
+ * engine) or right before the broadcast loop (floors), and collected after
+ * the measurement so no reporting happens while clients are receiving.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer } from 'ws';
+import { nodeHandler } from '../../src/adapters/node.js';
+import { EntityFilter, LiveBatch } from '../../src/core/hub.js';
+import type { Change } from '../../src/core/protocol.js';
+import { SyncEngine } from '../../src/engine.js';
+import { SqliteStore } from '../../src/stores/sqlite.js';
+import { now } from '../lib/clock.js';
+import { serve } from '../lib/proc.js';
+import { type BenchDb, freshDb, INSERT_ITEM, itemParams, makeItem } from '../lib/rows.js';
+
+type Mode = 'rhtmx' | 'raw-ws' | 'raw-sse';
+
+interface Running {
+  mode: Mode;
+  server: http.Server;
+  /** Commit (or broadcast) time of each write, by seq. */
+  writes: Map<number, number>;
+  write(seq: number, kind: 'push' | 'sql'): Promise<void>;
+  connections(): number;
+  /** Bytes of the last live message sent (to show both sides send the same size). */
+  lastMessageBytes: number;
+  /** The SQLite file (our engine only), for writers in other processes. */
+  dbPath?: string;
+  stream?(rows: number, txSize: number): Promise<{ start: number; end: number; lastVersion: number }>;
+  close(): Promise<void>;
+}
+
+let running: Running | null = null;
+
+const FILTER = new EntityFilter(new Set(['items']));
+
+/** Exactly the message our hub would send for this row (same encoder, same fields). */
+function changeMessage(seq: number): string {
+  const item = makeItem(seq);
+  const change: Change = {
+    entity: 'items',
+    id: String(item.id),
+    entity_id: String(item.id),
+    action: 'create',
+    data: { ...item },
+    version: seq,
+    hlc: Date.now() * 4096,
+    client_id: null,
+  };
+  return new LiveBatch(seq - 1, seq, [change]).messageFor(FILTER) as string;
+}
+
+async function listen(server: http.Server): Promise<number> {
+  server.listen(0, '127.0.0.1', 2048);
+  await new Promise<void>((resolve) => server.once('listening', resolve));
+  return (server.address() as AddressInfo).port;
+}
+
+async function startRhtmx(options: { pollMs?: number }): Promise<Running> {
+  const bench: BenchDb = freshDb();
+  const store = new SqliteStore(bench.db, { pollMs: options.pollMs ?? 25 });
+  const writes = new Map<number, number>();
+  // A push commits inside store.push (better-sqlite3 is synchronous): the moment it returns is the commit.
+  const push = store.push.bind(store);
+  let pushSeq = 0;
+  store.push = async (batch) => {
+    const result = await push(batch);
+    writes.set(pushSeq, now());
+    return result;
+  };
+  const engine = new SyncEngine({ db: store, entities: ['items'] });
+  await engine.ready;
+  const server = http.createServer(nodeHandler(engine));
+  engine.attach(server);
+  const insert = bench.db.prepare(INSERT_ITEM);
+  const state: Running = {
+    mode: 'rhtmx',
+    server,
+    writes,
+    dbPath: bench.path,
+    lastMessageBytes: 0,
+    async write(seq, kind) {
+      const item = makeItem(seq);
+      if (kind === 'push') {
+        pushSeq = seq;
+        const { id, ...data } = item;
+        await engine.push('items', {
+          client_id: 'bench-writer',
+          changes: [{ mutation_id: seq, id: String(id), action: 'create', data }],
+        });
+      } else {
+        // App code writing with its own SQL; notify() spares it the poll interval.
+        insert.run(...itemParams(item));
+        writes.set(seq, now());
+        engine.notify();
+      }
+    },
+    connections: () => {
+      const counts = engine.connections();
+      return Math.max(counts.live, counts.websocket);
+    },
+    async stream(rows, txSize) {
+      // The app's writer: transactions of txSize rows, yielding to the event loop between them
+      // (as a server handling requests would), telling the engine after each commit.
+      const insertMany = bench.db.transaction((from: number, to: number) => {
+        for (let i = from; i < to; i++) insert.run(...itemParams(makeItem(i)));
+      });
+      const start = now();
+      for (let from = 1; from <= rows; from += txSize) {
+        insertMany(from, Math.min(rows + 1, from + txSize));
+        engine.notify();
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+      const end = now();
+      return { start, end, lastVersion: await engine.currentVersion() };
+    },
+    async close() {
+      await engine.close();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      bench.dispose();
+    },
+  };
+  state.lastMessageBytes = Buffer.byteLength(changeMessage(1));
+  return state;
+}
+
+function startRawWs(): Running {
+  const server = http.createServer((_req, res) => res.writeHead(404).end());
+  const wss = new WebSocketServer({ server });
+  const writes = new Map<number, number>();
+  const state: Running = {
+    mode: 'raw-ws',
+    server,
+    writes,
+    lastMessageBytes: 0,
+    async write(seq) {
+      const message = changeMessage(seq);
+      state.lastMessageBytes = Buffer.byteLength(message);
+      writes.set(seq, now());
+      for (const client of wss.clients) client.send(message);
+    },
+    connections: () => wss.clients.size,
+    async close() {
+      for (const client of wss.clients) client.terminate();
+      await new Promise<void>((resolve) => wss.close(() => resolve()));
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+  return state;
+}
+
+function startRawSse(): Running {
+  const clients = new Set<http.ServerResponse>();
+  const server = http.createServer((req, res) => {
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache, no-transform',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+    });
+    res.write('retry: 2000\n: connected\n\n');
+    clients.add(res);
+    req.on('close', () => clients.delete(res));
+  });
+  const writes = new Map<number, number>();
+  const state: Running = {
+    mode: 'raw-sse',
+    server,
+    writes,
+    lastMessageBytes: 0,
+    async write(seq) {
+      const frame = Buffer.from(`id: ${seq}\ndata: ${changeMessage(seq)}\n\n`);
+      state.lastMessageBytes = frame.byteLength;
+      writes.set(seq, now());
+      for (const res of clients) res.write(frame);
+    },
+    connections: () => clients.size,
+    async close() {
+      for (const res of clients) res.end();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+  return state;
+}
+
+function memory() {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc) {
+    gc();
+    gc();
+  }
+  const usage = process.memoryUsage();
+  return { rss: usage.rss, heapUsed: usage.heapUsed, external: usage.external, arrayBuffers: usage.arrayBuffers };
+}
+
+serve({
+  async start(args: { mode: Mode; pollMs?: number }) {
+    if (running) throw new Error('already started');
+    running = args.mode === 'rhtmx' ? await startRhtmx(args) : args.mode === 'raw-ws' ? startRawWs() : startRawSse();
+    const port = await listen(running.server);
+    return { port, pid: process.pid, dbPath: running.dbPath };
+  },
+  async write(args: { seq: number; kind: 'push' | 'sql' }) {
+    await running?.write(args.seq, args.kind);
+    return null;
+  },
+  connections: () => running?.connections() ?? 0,
+  writes: () => {
+    const writes = running?.writes ?? new Map();
+    const result = Object.fromEntries(writes);
+    writes.clear();
+    return { writes: result, messageBytes: running?.lastMessageBytes ?? 0 };
+  },
+  stream: async (args: { rows: number; txSize: number }) => {
+    if (!running?.stream) throw new Error('stream needs the rhtmx server');
+    return running.stream(args.rows, args.txSize);
+  },
+  memory,
+  /** The floor: the same writer loop on a fresh file without triggers, engine or clients. */
+  async rawInserts(args: { rows: number; txSize: number }) {
+    const bench = freshDb();
+    try {
+      const insert = bench.db.prepare(INSERT_ITEM);
+      const insertMany = bench.db.transaction((from: number, to: number) => {
+        for (let i = from; i < to; i++) insert.run(...itemParams(makeItem(i)));
+      });
+      const start = now();
+      for (let from = 1; from <= args.rows; from += args.txSize) {
+        insertMany(from, Math.min(args.rows + 1, from + args.txSize));
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+      return { ms: now() - start };
+    } finally {
+      bench.dispose();
+    }
+  },
+  async stop() {
+    await running?.close();
+    running = null;
+    return null;
+  },
+});

@@ -1,0 +1,108 @@
+/**
+ * `npm run bench` (full) / `npm run bench:ci` (`--quick`).
+ *
+ * Runs every benchmark on loopback, each against a floor or a peer measured
+ * in this same run, and writes bench/results/latest.json plus the tables in
+ * docs/benchmarks.md. Options: `--quick`, `--only=<id>[,<id>…]` (suite ids:
+ * fanout-latency, throughput, catch-up, push, memory, browser), `--no-docs`.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { now } from './lib/clock.js';
+import type { BenchContext, SuiteResult } from './lib/context.js';
+import { checkClock, fdLimits, ROOT, Worker } from './lib/proc.js';
+import { renderMarkdown, writeDocs } from './report.js';
+import { browserSuite } from './suites/browser.js';
+import { catchUp } from './suites/catch-up.js';
+import { fanoutLatency } from './suites/fanout-latency.js';
+import { memorySuite } from './suites/memory.js';
+import { pushSuite } from './suites/push.js';
+import { throughput } from './suites/throughput.js';
+
+const SUITES: Record<string, (ctx: BenchContext) => Promise<SuiteResult>> = {
+  'fanout-latency': fanoutLatency,
+  throughput,
+  'catch-up': catchUp,
+  push: pushSuite,
+  memory: memorySuite,
+  browser: browserSuite,
+};
+
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const only = args
+  .find((arg) => arg.startsWith('--only='))
+  ?.slice('--only='.length)
+  .split(',');
+// Only a full run of every suite rewrites the committed tables.
+const writeDocsToo = !quick && !args.includes('--no-docs');
+
+const loadAtStart = loadavg();
+const log = (message: string) => console.log(`[bench ${((now() - started) / 1000).toFixed(0).padStart(4)}s] ${message}`);
+const started = now();
+
+async function main(): Promise<void> {
+  // Benchmark what the tests test: a fresh build of the browser client.
+  execFileSync(process.execPath, [join(ROOT, 'scripts/build.mjs'), '--client-only'], { cwd: ROOT, stdio: 'inherit' });
+  const { soft, hard } = fdLimits();
+  log(`fd limit ${soft} (hard ${hard}); workers raise their own soft limit as needed`);
+  const clientWorker = join(ROOT, 'bench/fanout/clients.ts');
+  const clients: [Worker, Worker] = [
+    await Worker.start('clients-a', clientWorker, { fds: Math.min(hard, 8192) }),
+    await Worker.start('clients-b', clientWorker, { fds: Math.min(hard, 8192) }),
+  ];
+  const clock = await Promise.all(clients.map(checkClock));
+  if (clock.some((check) => !check.ok)) throw new Error('the monotonic clock is not shared between processes: latencies would be wrong');
+  const ctx: BenchContext = { quick, clients, fdHard: hard, log };
+  const results: SuiteResult[] = [];
+  try {
+    for (const [id, suite] of Object.entries(SUITES)) {
+      if (only && !only.includes(id)) continue;
+      log(`== ${id}`);
+      results.push(await suite(ctx));
+    }
+  } finally {
+    await Promise.all(clients.map((worker) => worker.stop()));
+  }
+  const environment = {
+    date: new Date().toISOString(),
+    mode: quick ? 'quick' : 'full',
+    node: process.version,
+    cpus: `${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    fdLimit: { soft, hard },
+    clockCheck: clock,
+    // Other work on the machine moves absolute numbers (the ratios less): 1-minute load at start and end.
+    loadAverage: { start: round1(loadAtStart[0]), end: round1(loadavg()[0]) },
+    commit: gitCommit(),
+    durationS: Math.round((now() - started) / 1000),
+  };
+  const output = { environment, suites: results };
+  mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
+  const name = quick ? 'latest-quick.json' : 'latest.json';
+  writeFileSync(join(ROOT, 'bench/results', name), `${JSON.stringify(output, null, 2)}\n`);
+  log(`wrote bench/results/${name}`);
+  const markdown = renderMarkdown(environment, results);
+  console.log(`\n${markdown}`);
+  if (writeDocsToo && !only) {
+    writeDocs(markdown);
+    log('updated docs/benchmarks.md');
+  }
+}
+
+const round1 = (value: number | undefined) => Math.round((value ?? 0) * 10) / 10;
+
+function gitCommit(): string {
+  try {
+    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exitCode = 1;
+});
