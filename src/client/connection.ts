@@ -104,6 +104,11 @@ export function connect(options: ConnectionOptions): Connection {
     socket = ws;
     let opened = false;
     let heard = Date.now();
+    const fail = () => {
+      // Refused, blocked or swallowed before it ever opened: try SSE next time.
+      if (!opened) useWebSocket = false;
+      retry();
+    };
     ws.onopen = async () => {
       opened = true;
       try {
@@ -114,6 +119,8 @@ export function connect(options: ConnectionOptions): Connection {
       }
     };
     ws.onmessage = (event) => {
+      // A socket we have let go of may still deliver: its batches must not move cursors any more.
+      if (current !== generation) return;
       heard = Date.now();
       const message = JSON.parse(event.data) as ServerMessage;
       if (message.type === 'change') options.onChange(message);
@@ -127,14 +134,11 @@ export function connect(options: ConnectionOptions): Connection {
       }
     };
     ws.onclose = () => {
-      if (current !== generation) return;
-      // Refused or blocked before it ever opened: try SSE next time.
-      if (!opened) useWebSocket = false;
-      retry();
+      if (current === generation) fail();
     };
     pingTimer = setInterval(() => {
       // A half-open TCP connection never fires `close`: silence is the only sign.
-      if (Date.now() - heard > DEAD_MS) retry();
+      if (Date.now() - heard > DEAD_MS) fail();
       else if (opened) ws.send(JSON.stringify({ type: 'ping', t: Date.now() }));
     }, PING_MS);
   };
@@ -158,7 +162,9 @@ export function connect(options: ConnectionOptions): Connection {
       attempt = 0;
       options.onState('sse');
     };
-    es.onmessage = (event) => options.onChange(JSON.parse(event.data) as LiveChangeMessage);
+    es.onmessage = (event) => {
+      if (current === generation) options.onChange(JSON.parse(event.data) as LiveChangeMessage);
+    };
     es.onerror = () => {
       if (current !== generation) return;
       if (es.readyState !== EventSource.CLOSED) return options.onState('connecting');

@@ -201,8 +201,8 @@ export function outboxFlusher(options: OutboxOptions): () => Promise<void> {
       const touched: RowChange[] = [];
       for (const [index, entry] of batch.entries()) {
         const result = results.find((candidate) => candidate.mutation_id === entry.mutation_id) ?? results[index];
-        // No answer for it: leave it queued for the next round.
-        if (!result) continue;
+        // No answer for it: undo this whole settlement and retry later (the server dedupes what it applied).
+        if (!result) throw new Error('push answer without a result');
         box.delete(entry.mutation_id);
         const later = queue.filter((other) => other.mutation_id > entry.mutation_id && other.id === entry.id);
         let row = (await req(store.get(entry.id))) as StoredRow | undefined;
