@@ -36,6 +36,7 @@ const DEAD_MS = 50_000;
 /** How long a WebSocket request waits for its reply before it counts as a network failure. */
 const REPLY_MS = 15_000;
 
+/** What the connection needs from the client. */
 export interface ConnectionOptions {
   /** Sync base URL, e.g. `https://app.example/api/sync`. */
   base: string;
@@ -47,6 +48,7 @@ export interface ConnectionOptions {
   onState(state: ConnectionState): void;
 }
 
+/** The leader's handle on its server connection. */
 export interface Connection {
   /** Send a request on the open WebSocket and await its reply (null: no reply, treat as a network failure). Null when no socket is live. */
   request(message: ClientMessage): Promise<ServerMessage | null> | null;
@@ -56,6 +58,7 @@ export interface Connection {
   stop(): void;
 }
 
+/** Connect now and keep reconnecting (and following `online`/`offline`) until `stop()`. */
 export function connect(options: ConnectionOptions): Connection {
   let socket: WebSocket | null = null;
   let source: EventSource | null = null;

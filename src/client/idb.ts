@@ -34,6 +34,7 @@ export interface Db {
   run<T>(stores: string[], mode: IDBTransactionMode, body: (tx: IDBTransaction) => Promise<T> | T): Promise<T>;
 }
 
+/** Open (lazily) the client's database; stores are created on first use. */
 export function openDb(name: string): Db {
   const wanted = new Set([META, OUTBOX]);
   let current: Promise<IDBDatabase> | null = null;

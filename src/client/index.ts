@@ -17,7 +17,8 @@ declare global {
 const script = (document.currentScript ?? document.querySelector('script[data-sync-entities]')) as HTMLScriptElement | null;
 const attribute = (name: string) => script?.getAttribute(`data-${name}`);
 
-window.rhtmxSync = createSyncClient({
+// The script included twice must not start a second client.
+window.rhtmxSync ??= createSyncClient({
   // …/api/sync/client.js?v=1 → …/api/sync
   baseUrl: script?.src ? script.src.replace(/\/[^/]*$/, '') : `${location.origin}/api/sync`,
   entities: (attribute('sync-entities') ?? '')

@@ -106,6 +106,7 @@ export function sender(base: string, clientId: () => string, ws: (message: any) 
   };
 }
 
+/** What the flusher needs from the client. */
 export interface OutboxOptions {
   db: Db;
   send: Sender;

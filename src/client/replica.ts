@@ -51,6 +51,7 @@ export interface Cursor {
   n?: string;
 }
 
+/** Meta key of an entity's cursor. */
 export const cursorKey = (entity: string): string => `c:${entity}`;
 
 /** Remove bookkeeping fields before handing a row to the app. */

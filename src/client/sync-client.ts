@@ -87,6 +87,7 @@ interface TabMessage {
 
 const STATE_EVENT = 'rhtmx:connection:state';
 
+/** Start syncing: open IndexedDB, join the leader election, and return the API (`window.rhtmxSync`). */
 export function createSyncClient(options: SyncClientOptions): SyncClient {
   const base = options.baseUrl.replace(/\/+$/, '');
   const entities = [...(options.entities ?? [])];
