@@ -17,6 +17,8 @@ const entries = [
   { entry: 'src/client/index.ts', outfile: 'rhtmx-sync.js', format: 'iife' },
   { entry: 'src/client/esm.ts', outfile: 'rhtmx-sync.esm.js', format: 'esm' },
   { entry: 'src/client/sw.ts', outfile: 'rhtmx-sw.js', format: 'iife' },
+  // The seed's field-client.js: the whole client plus window.RHTMXFieldSync (its own size budget).
+  { entry: 'src/client/field-index.ts', outfile: 'rhtmx-field.js', format: 'iife' },
 ];
 for (const { entry, outfile, format } of entries) {
   if (!existsSync(join(root, entry))) continue;
