@@ -8,15 +8,14 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { type WebSocket, WebSocketServer } from 'ws';
-import { type ConnectionLimiter, checkOrigin, resolveUser } from '../core/access.js';
+import type { WebSocket, WebSocketServer } from 'ws';
+import { type ConnectionLimiter, resolveUser } from '../core/access.js';
 import type { Authorize, SyncLimits, SyncUser } from '../core/config.js';
 import { badRequest, SyncError, toSyncError } from '../core/errors.js';
 import { EntityFilter } from '../core/hub.js';
 import { ErrorCode } from '../core/protocol.js';
 import { parseJson } from '../core/validation.js';
-import { toWebRequest } from '../transports/node.js';
-import { SyncConnection } from '../transports/websocket.js';
+import { admitUpgrade, createSocketServer, SyncConnection } from '../transports/websocket.js';
 import type { FieldFeed } from './feed.js';
 import type { FieldServerMessage } from './protocol.js';
 import type { FieldService } from './service.js';
@@ -61,11 +60,7 @@ export class FieldWebSocket {
     private readonly feed: FieldFeed,
     private readonly options: FieldWebSocketOptions,
   ) {
-    this.server = new WebSocketServer({
-      noServer: true,
-      maxPayload: options.limits.maxWsMessageBytes,
-      perMessageDeflate: { threshold: 1024, zlibInflateOptions: { chunkSize: 16 * 1024 }, concurrencyLimit: 4 },
-    });
+    this.server = createSocketServer(options.limits);
     this.heartbeat = setInterval(() => this.pingAll(), options.heartbeatMs);
     this.heartbeat.unref();
   }
@@ -84,22 +79,9 @@ export class FieldWebSocket {
 
   /** Origin, authorization and connection limits are checked before the handshake completes (as on /api/sync/ws). */
   private async admit(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    const webRequest = toWebRequest(request);
-    let user: SyncUser | null;
-    let release: () => void;
-    try {
-      checkOrigin(webRequest.headers, webRequest.url, this.options.allowedOrigins);
-      user = await resolveUser(this.options.authorize, webRequest);
-      release = this.options.limiter?.acquire(user) ?? (() => {});
-    } catch (error) {
-      const refusal = toSyncError(error);
-      const body = JSON.stringify(refusal.toBody());
-      socket.end(
-        `HTTP/1.1 ${refusal.status} ${refusal.code}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-      );
-      return;
-    }
-    this.server.handleUpgrade(request, socket, head, (ws) => this.accept(ws, user, this.options.authorize ? webRequest : null, release));
+    const admitted = await admitUpgrade(request, socket, this.options);
+    if (!admitted) return;
+    this.server.handleUpgrade(request, socket, head, (ws) => this.accept(ws, admitted.user, admitted.request, admitted.release));
   }
 
   private accept(socket: WebSocket, user: SyncUser | null, request: Request | null, release: () => void): void {

@@ -107,6 +107,58 @@ function liveBytes(batch: LiveBatch, filter: EntityFilter): Buffer | null {
   return bytes;
 }
 
+/** A `ws` server (no own HTTP server) with our message size and compression bounds. */
+export function createSocketServer(limits: SyncLimits): WebSocketServer {
+  return new WebSocketServer({
+    noServer: true,
+    maxPayload: limits.maxWsMessageBytes,
+    perMessageDeflate: {
+      threshold: 1024,
+      // Without these ws ignores `threshold` (both ways), deflates every message and keeps zlib
+      // contexts (~250 KiB) per socket for life; with them small messages go as they are.
+      serverNoContextTakeover: true,
+      clientNoContextTakeover: true,
+      // Bound what a compressed frame may inflate to (gzip bombs): ws checks maxPayload after inflating.
+      zlibInflateOptions: { chunkSize: 16 * 1024 },
+      concurrencyLimit: 4,
+    },
+  });
+}
+
+/** Who may open a socket. */
+export interface UpgradeAccess {
+  authorize?: Authorize;
+  allowedOrigins?: string[];
+  limiter?: ConnectionLimiter;
+}
+
+/**
+ * Origin, authorization and connection limits, checked before the handshake
+ * completes. A refusal is answered on the raw socket with its HTTP status and
+ * JSON body, and resolves to null. `request` is kept only when sessions must
+ * be re-checked later.
+ */
+export async function admitUpgrade(
+  request: IncomingMessage,
+  socket: Duplex,
+  access: UpgradeAccess,
+): Promise<{ user: SyncUser | null; request: Request | null; release: () => void } | null> {
+  const webRequest = toWebRequest(request);
+  try {
+    checkOrigin(webRequest.headers, webRequest.url, access.allowedOrigins);
+    const user = await resolveUser(access.authorize, webRequest);
+    const release = access.limiter?.acquire(user) ?? (() => {});
+    return { user, request: access.authorize ? webRequest : null, release };
+  } catch (error) {
+    const refusal = toSyncError(error);
+    const body = JSON.stringify(refusal.toBody());
+    socket.end(
+      `HTTP/1.1 ${refusal.status} ${refusal.code}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+    return null;
+  }
+}
+
 export class WebSocketTransport {
   readonly server: WebSocketServer;
   private readonly connections = new Set<SyncConnection>();
@@ -117,20 +169,7 @@ export class WebSocketTransport {
     private readonly hub: ChangeHub,
     private readonly options: WebSocketOptions,
   ) {
-    this.server = new WebSocketServer({
-      noServer: true,
-      maxPayload: options.limits.maxWsMessageBytes,
-      perMessageDeflate: {
-        threshold: 1024,
-        // Without these ws ignores `threshold` (both ways), deflates every message and keeps zlib
-        // contexts (~250 KiB) per socket for life; with them small messages go as they are.
-        serverNoContextTakeover: true,
-        clientNoContextTakeover: true,
-        // Bound what a compressed frame may inflate to (gzip bombs): ws checks maxPayload after inflating.
-        zlibInflateOptions: { chunkSize: 16 * 1024 },
-        concurrencyLimit: 4,
-      },
-    });
+    this.server = createSocketServer(options.limits);
     this.heartbeat = setInterval(() => this.pingAll(), options.heartbeatMs);
     this.heartbeat.unref();
   }
@@ -154,24 +193,10 @@ export class WebSocketTransport {
     return true;
   }
 
-  /** Origin, authorization and connection limits are checked before the handshake completes. */
   private async admit(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    const webRequest = toWebRequest(request);
-    let user: SyncUser | null;
-    let release: () => void;
-    try {
-      checkOrigin(webRequest.headers, webRequest.url, this.options.allowedOrigins);
-      user = await resolveUser(this.options.authorize, webRequest);
-      release = this.options.limiter.acquire(user);
-    } catch (error) {
-      const refusal = toSyncError(error);
-      const body = JSON.stringify(refusal.toBody());
-      socket.end(
-        `HTTP/1.1 ${refusal.status} ${refusal.code}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-      );
-      return;
-    }
-    this.server.handleUpgrade(request, socket, head, (ws) => this.accept(ws, user, this.options.authorize ? webRequest : null, release));
+    const admitted = await admitUpgrade(request, socket, this.options);
+    if (!admitted) return;
+    this.server.handleUpgrade(request, socket, head, (ws) => this.accept(ws, admitted.user, admitted.request, admitted.release));
   }
 
   private accept(socket: WebSocket, user: SyncUser | null, request: Request | null, release: () => void): void {
