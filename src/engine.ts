@@ -18,7 +18,7 @@ import {
 } from './core/config.js';
 import { SyncError } from './core/errors.js';
 import { HybridClock } from './core/hlc.js';
-import { ChangeHub } from './core/hub.js';
+import { ChangeHub, storeSource } from './core/hub.js';
 import { type MetricsSnapshot, SyncMetrics } from './core/metrics.js';
 import {
   DEFAULT_BASE_PATH,
@@ -134,7 +134,7 @@ export class SyncEngine {
     const metrics = new SyncMetrics();
     const service = new SyncService(store, this.entities, schemas, this.clock, this.limits, this.fieldStrategy !== null, metrics);
     const onError = (error: unknown) => this.logger.error({ err: error }, 'rhtmx-sync: internal error');
-    const hub = new ChangeHub(store, { onError, onPublished: (changes, seconds) => metrics.recordFanout(changes, seconds) });
+    const hub = new ChangeHub(storeSource(store), { onError, onPublished: (changes, seconds) => metrics.recordFanout(changes, seconds) });
     await hub.start();
     const limiter = new ConnectionLimiter(this.limits.maxConnectionsPerUser);
     const access = { authorize: this.options.authorize, allowedOrigins: this.options.allowedOrigins, limiter };

@@ -1,6 +1,8 @@
 /**
- * ChangeHub: one in-process fan-out point between the change log and every
- * live connection (SSE streams and WebSockets), whatever transport.
+ * ChangeHub: one in-process fan-out point between a change log and every
+ * live connection (SSE streams and WebSockets), whatever transport. The
+ * engine runs one over the entity change log (`change` messages) and field
+ * sync runs one over field changes (`field_change` messages).
  *
  * The hub reads the log once per wake-up and hands the same batch to every
  * subscriber; the JSON of a batch is encoded once per distinct entity filter,
@@ -8,18 +10,46 @@
  * behind (it joined with an old cursor, or the hub skipped it) is caught up
  * from the log before it goes live again, so no change is lost or repeated.
  */
-import type { Change, LiveChangeMessage } from './protocol.js';
+import type { Change } from './protocol.js';
 import type { Store } from './store.js';
 
+/** What a hub fans out: anything with an entity and a log version. */
+export interface Versioned {
+  entity: string;
+  version: number;
+}
+
+/** Where a hub reads from and what it is woken by. */
+export interface ChangeSource<T extends Versioned> {
+  /** The `type` of the messages this hub sends (`change`, `field_change`). */
+  messageType: string;
+  currentVersion(): Promise<number>;
+  /** Changes with `version > since`, at most `limit`, and the cursor after them. */
+  read(since: number, limit: number): Promise<{ changes: T[]; version: number; hasMore: boolean }>;
+  /** Call `onChange` after any committed write; returns a stop function. */
+  watch(onChange: () => void): () => void;
+}
+
+/** The entity change log of a store as a hub source. */
+export function storeSource(store: Store): ChangeSource<Change> {
+  return {
+    messageType: 'change',
+    currentVersion: () => store.currentVersion(),
+    read: (since, limit) => store.readLog(since, limit),
+    watch: (onChange) => store.watch(onChange),
+  };
+}
+
 /** A batch of consecutive log entries `(from, version]`. */
-export class LiveBatch {
+export class LiveBatch<T extends Versioned = Change> {
   private readonly encoded = new Map<string, string | null>();
 
   constructor(
     /** Every change with a version in (from, version] is in `changes` (for all entities). */
     readonly from: number,
     readonly version: number,
-    readonly changes: readonly Change[],
+    readonly changes: readonly T[],
+    readonly messageType = 'change',
   ) {}
 
   /**
@@ -30,10 +60,17 @@ export class LiveBatch {
     const cached = this.encoded.get(filter.key);
     if (cached !== undefined) return cached;
     let changes = filter.all ? this.changes : this.changes.filter((change) => filter.entities.has(change.entity));
-    if (filter.scope) changes = changes.map(filter.scope.apply);
+    const scope = filter.scope;
+    // Scopes exist only for entity changes (field sync refuses read-scoped entities).
+    if (scope) changes = changes.map((change) => scope.apply(change as unknown as Change) as unknown as T);
     let text: string | null = null;
     if (changes.length > 0) {
-      const message: LiveChangeMessage = { type: 'change', version: this.version, changes: changes as Change[] };
+      // The shape of LiveChangeMessage and FieldChangeMessage alike; `change` is the seed's single-change field.
+      const message: { type: string; version: number; changes: readonly T[]; change?: T } = {
+        type: this.messageType,
+        version: this.version,
+        changes,
+      };
       if (changes.length === 1) message.change = changes[0];
       text = JSON.stringify(message);
     }
@@ -61,14 +98,14 @@ export class EntityFilter {
 }
 
 /** What a transport gives the hub for one connection. */
-export interface Subscriber {
+export interface Subscriber<T extends Versioned = Change> {
   filter: EntityFilter;
   /**
    * Deliver one batch; `version` is the cursor after it. `paced` is true for
    * catch-up pages, which wait on `drained()` and so must not count as a
    * consumer falling behind.
    */
-  deliver(batch: LiveBatch, version: number, paced: boolean): void;
+  deliver(batch: LiveBatch<T>, version: number, paced: boolean): void;
   /** Called when the hub stops (engine closing): end the connection so servers can close. */
   end?(): void;
   /**
@@ -80,8 +117,8 @@ export interface Subscriber {
   drained?(): Promise<void>;
 }
 
-interface SubscriberState {
-  subscriber: Subscriber;
+interface SubscriberState<T extends Versioned> {
+  subscriber: Subscriber<T>;
   cursor: number;
   catchingUp: boolean;
   closed: boolean;
@@ -98,8 +135,8 @@ export interface HubOptions {
   onPublished?: (changes: number, seconds: number) => void;
 }
 
-export class ChangeHub {
-  private readonly subscribers = new Set<SubscriberState>();
+export class ChangeHub<T extends Versioned = Change> {
+  private readonly subscribers = new Set<SubscriberState<T>>();
   private version = 0;
   private reading = false;
   private wakeAgain = false;
@@ -108,6 +145,8 @@ export class ChangeHub {
   /** Pending drain while writes are gathered into one batch. */
   private gathering: NodeJS.Timeout | null = null;
   private stopWatching: (() => void) | null = null;
+  /** Set by stop(): a read still in flight then ends quietly (the store may be closing under it). */
+  private stopped = false;
   private readonly pageSize: number;
   private readonly onError: (error: unknown) => void;
   private readonly onPublished: (changes: number, seconds: number) => void;
@@ -115,7 +154,7 @@ export class ChangeHub {
   private waiters: Array<{ version: number; resolve: () => void }> = [];
 
   constructor(
-    private readonly store: Store,
+    private readonly source: ChangeSource<T>,
     options: HubOptions = {},
   ) {
     this.pageSize = options.pageSize ?? 1000;
@@ -125,8 +164,8 @@ export class ChangeHub {
 
   /** Start following the log from its current end. */
   async start(): Promise<void> {
-    this.version = await this.store.currentVersion();
-    this.stopWatching = this.store.watch(() => this.wake());
+    this.version = await this.source.currentVersion();
+    this.stopWatching = this.source.watch(() => this.wake());
   }
 
   /** The highest version fanned out so far. */
@@ -142,8 +181,8 @@ export class ChangeHub {
    * Register a live consumer. With `since`, it first receives every change
    * after that version from the log, then goes live without a gap.
    */
-  subscribe(subscriber: Subscriber, since?: number): () => void {
-    const state: SubscriberState = { subscriber, cursor: since ?? this.version, catchingUp: false, closed: false };
+  subscribe(subscriber: Subscriber<T>, since?: number): () => void {
+    const state: SubscriberState<T> = { subscriber, cursor: since ?? this.version, catchingUp: false, closed: false };
     this.subscribers.add(state);
     if (state.cursor < this.version) void this.catchUp(state);
     return () => {
@@ -154,6 +193,7 @@ export class ChangeHub {
 
   /** Something was written: read the log and fan out. Safe to call often. */
   wake(): void {
+    if (this.stopped) return;
     if (this.reading) {
       this.wakeAgain = true;
       return;
@@ -184,9 +224,10 @@ export class ChangeHub {
     try {
       do {
         this.wakeAgain = false;
-        const page = await this.store.readLog(this.version, this.pageSize);
+        const page = await this.source.read(this.version, this.pageSize);
+        if (this.stopped) return;
         if (page.version > this.version) {
-          const batch = new LiveBatch(this.version, page.version, page.changes);
+          const batch = new LiveBatch(this.version, page.version, page.changes, this.source.messageType);
           this.version = page.version;
           const started = performance.now();
           this.publish(batch);
@@ -194,9 +235,9 @@ export class ChangeHub {
           this.onPublished(batch.changes.length, (this.publishedAt - started) / 1000);
           if (page.hasMore) this.wakeAgain = true;
         }
-      } while (this.wakeAgain);
+      } while (this.wakeAgain && !this.stopped);
     } catch (error) {
-      this.onError(error);
+      if (!this.stopped) this.onError(error);
     } finally {
       this.reading = false;
       this.releaseWaiters();
@@ -210,7 +251,7 @@ export class ChangeHub {
     for (const waiter of due) waiter.resolve();
   }
 
-  private publish(batch: LiveBatch): void {
+  private publish(batch: LiveBatch<T>): void {
     for (const state of this.subscribers) {
       if (state.catchingUp) continue; // the catch-up loop reads this range from the log
       if (state.cursor < batch.from) {
@@ -223,7 +264,7 @@ export class ChangeHub {
     }
   }
 
-  private safeDeliver(state: SubscriberState, batch: LiveBatch, paced = false): void {
+  private safeDeliver(state: SubscriberState<T>, batch: LiveBatch<T>, paced = false): void {
     try {
       state.subscriber.deliver(batch, batch.version, paced);
     } catch (error) {
@@ -232,26 +273,26 @@ export class ChangeHub {
   }
 
   /** Read the subscriber's missing range from the log, then hand it back to live delivery. */
-  private async catchUp(state: SubscriberState): Promise<void> {
+  private async catchUp(state: SubscriberState<T>): Promise<void> {
     if (state.catchingUp) return;
     state.catchingUp = true;
     try {
       // Loop until the cursor meets the hub's: the check and the switch back to
       // live happen in one tick, so no batch published meanwhile is skipped.
       while (!state.closed && state.cursor < this.version) {
-        const page = await this.store.readLog(state.cursor, this.pageSize);
+        const page = await this.source.read(state.cursor, this.pageSize);
         if (state.closed) return;
         // Never run past what the hub itself has published: live delivery resumes there.
         const upTo = Math.min(page.version, this.version);
         const changes = page.changes.filter((change) => change.version <= upTo);
         if (upTo <= state.cursor) break;
-        const batch = new LiveBatch(state.cursor, upTo, changes);
+        const batch = new LiveBatch(state.cursor, upTo, changes, this.source.messageType);
         state.cursor = upTo;
         this.safeDeliver(state, batch, true);
         await state.subscriber.drained?.();
       }
     } catch (error) {
-      this.onError(error);
+      if (!state.closed) this.onError(error);
     } finally {
       state.catchingUp = false;
     }

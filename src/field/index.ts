@@ -12,13 +12,13 @@ import type { ConnectionLimiter } from '../core/access.js';
 import type { Authorize, FieldMergeStrategy, SyncLimits, SyncLogger } from '../core/config.js';
 import { SyncError } from '../core/errors.js';
 import type { HybridClock } from '../core/hlc.js';
-import type { ChangeHub } from '../core/hub.js';
+import { ChangeHub } from '../core/hub.js';
 import { ErrorCode } from '../core/protocol.js';
 import type { Store } from '../core/store.js';
 import type { SyncService } from '../core/sync-service.js';
 import { errorResponse } from '../transports/http.js';
-import { FieldFeed } from './feed.js';
 import { FieldHttpRoutes } from './http.js';
+import type { FieldChange } from './protocol.js';
 import { FieldService } from './service.js';
 import type { FieldStore } from './store.js';
 import { FieldWebSocket } from './websocket.js';
@@ -85,7 +85,16 @@ export async function createFieldSync(deps: FieldSyncDeps): Promise<FieldSyncMod
   const onError = (error: unknown) => deps.logger.error({ err: error }, 'rhtmx-sync: field sync internal error');
   const service = new FieldService(store, deps.service, deps.clock, deps.strategy, deps.limits);
   await store.init(service.allTargets());
-  const feed = new FieldFeed(store, deps.store, onError);
+  // Field changes fan out through the same hub machinery as entity changes, woken by the same store watch.
+  const feed = new ChangeHub<FieldChange>(
+    {
+      messageType: 'field_change',
+      currentVersion: () => store.currentVersion(),
+      read: (since, limit) => store.readChanges(since, limit),
+      watch: (onChange) => deps.store.watch(onChange),
+    },
+    { onError },
+  );
   await feed.start();
   const onPush = () => {
     // The hub wakes entity-level live clients; the feed sends field_change without waiting for a poll.

@@ -12,12 +12,12 @@ import type { WebSocket, WebSocketServer } from 'ws';
 import { type ConnectionLimiter, resolveUser } from '../core/access.js';
 import type { Authorize, SyncLimits, SyncUser } from '../core/config.js';
 import { badRequest, SyncError, toSyncError } from '../core/errors.js';
+import type { ChangeHub } from '../core/hub.js';
 import { EntityFilter } from '../core/hub.js';
 import { ErrorCode } from '../core/protocol.js';
 import { parseJson } from '../core/validation.js';
 import { admitUpgrade, createSocketServer, SyncConnection } from '../transports/websocket.js';
-import type { FieldFeed } from './feed.js';
-import type { FieldServerMessage } from './protocol.js';
+import type { FieldChange, FieldServerMessage } from './protocol.js';
 import type { FieldService } from './service.js';
 
 export interface FieldWebSocketOptions {
@@ -57,7 +57,7 @@ export class FieldWebSocket {
 
   constructor(
     private readonly service: FieldService,
-    private readonly feed: FieldFeed,
+    private readonly feed: ChangeHub<FieldChange>,
     private readonly options: FieldWebSocketOptions,
   ) {
     this.server = createSocketServer(options.limits);
@@ -217,7 +217,14 @@ export class FieldWebSocket {
     connection.filter = new EntityFilter(entities);
     if (entities.size === 0) return;
     connection.unsubscribe = this.feed.subscribe(
-      { filter: connection.filter, send: (text, live) => connection.send(text, live), drained: () => connection.link.drained() },
+      {
+        filter: connection.filter,
+        deliver: (batch, _version, paced) => {
+          const text = batch.messageFor(connection.filter);
+          if (text !== null) connection.send(text, !paced);
+        },
+        drained: () => connection.link.drained(),
+      },
       since,
     );
   }
