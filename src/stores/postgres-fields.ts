@@ -44,15 +44,13 @@ import {
   type RowWriteCheck,
   type WriteStamp,
 } from '../field/store.js';
-import { CLIENT_SETTING, HLC_SETTING, LOG_TABLE } from './postgres.js';
+import { CLIENT_SETTING, describeWriteError, HLC_SETTING, isChangeError, isRetryable, LOG_TABLE, rowJsonBuilder } from './postgres.js';
 
 export const FIELD_VERSIONS_TABLE = '_rhtmx_field_versions';
 /** Last applied field mutation per client; separate from entity pushes so the two id sequences never collide. */
 export const FIELD_CLIENTS_TABLE = '_rhtmx_field_clients';
 const CAPTURE_FUNCTION = '_rhtmx_field_capture';
 const TRIGGER_PREFIX = '_rhtmx_field_';
-/** jsonb_build_object takes at most 100 arguments. */
-const JSON_PAIRS_PER_CALL = 50;
 
 interface EntryRow {
   version: string;
@@ -103,44 +101,6 @@ function toFieldChange(row: ChangeRow): FieldChange {
     client_id: row.client_id,
     action: isRow ? 'delete' : 'update',
   };
-}
-
-/** SQLSTATE classes that mean "this change is bad", as opposed to "the connection or transaction is gone". */
-function isChangeError(error: unknown): boolean {
-  const code = (error as { code?: unknown }).code;
-  if (typeof code !== 'string' || code.length !== 5 || isRetryable(error)) return false;
-  return ['22', '23', '42', 'P0', '2F', '39'].includes(code.slice(0, 2));
-}
-
-function isRetryable(error: unknown): boolean {
-  const code = (error as { code?: unknown }).code;
-  return code === '40P01' || code === '40001';
-}
-
-/** Constraint messages name the kind and the column; anything else is not shown to clients. */
-function describeWriteError(error: unknown, table: string): string {
-  const { code = '', column, constraint } = error as { code?: string; column?: string; constraint?: string };
-  switch (code) {
-    case '23502':
-      return `NOT NULL constraint failed: ${table}.${column ?? '?'}`;
-    case '23505':
-      return `UNIQUE constraint failed: ${constraint ?? table}`;
-    case '23503':
-      return `FOREIGN KEY constraint failed: ${constraint ?? table}`;
-    case '23514':
-      return `CHECK constraint failed: ${constraint ?? table}`;
-    case '22P02':
-    case '22007':
-    case '22008':
-    case '22023':
-      return 'datatype mismatch';
-    case '22001':
-      return 'value too long';
-    case '22003':
-      return 'value out of range';
-    default:
-      return code.startsWith('23') ? 'constraint failed' : 'write failed';
-  }
 }
 
 export class PostgresFieldStore implements FieldStore {
@@ -278,18 +238,7 @@ export class PostgresFieldStore implements FieldStore {
         WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped AND t.typcategory = 'A'`,
       [relation.oid],
     );
-    const blobs = schema.columns.filter((column) => column.type === 'blob').map((column) => column.name);
-    const rowJson = (alias: string): string => {
-      if (blobs.length === 0) return `to_jsonb(${alias})`;
-      const parts = [`to_jsonb(${alias})`];
-      for (let start = 0; start < blobs.length; start += JSON_PAIRS_PER_CALL) {
-        const pairs = blobs
-          .slice(start, start + JSON_PAIRS_PER_CALL)
-          .map((name) => `${literal(name)}, upper(encode(${alias}.${quoteIdent(name)}, 'hex'))`);
-        parts.push(`jsonb_build_object(${pairs.join(', ')})`);
-      }
-      return `(${parts.join(' || ')})`;
-    };
+    const rowJson = rowJsonBuilder(schema);
     return {
       target,
       name: schema.entity,

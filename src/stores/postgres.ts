@@ -437,18 +437,7 @@ export class PostgresStore implements Store {
       primaryKey,
       columns: [...columns.values()].map((column) => column.schema),
     };
-    const blobs = schema.columns.filter((column) => column.type === 'blob').map((column) => column.name);
-    const rowJson = (alias: string): string => {
-      if (blobs.length === 0) return `to_jsonb(${alias})`;
-      const parts = [`to_jsonb(${alias})`];
-      for (let start = 0; start < blobs.length; start += JSON_PAIRS_PER_CALL) {
-        const pairs = blobs
-          .slice(start, start + JSON_PAIRS_PER_CALL)
-          .map((name) => `${literal(name)}, upper(encode(${alias}.${quoteIdent(name)}, 'hex'))`);
-        parts.push(`jsonb_build_object(${pairs.join(', ')})`);
-      }
-      return `(${parts.join(' || ')})`;
-    };
+    const rowJson = rowJsonBuilder(schema);
     return {
       schema,
       table: `${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}`,
@@ -1129,7 +1118,26 @@ function coerceValue(column: PgColumn, value: unknown): unknown {
 }
 
 /** SQLSTATE classes that mean "this change is bad", as opposed to "the connection or transaction is gone". */
-function isChangeError(error: unknown): boolean {
+/**
+ * SQL building a row's JSON from `<alias>`: to_jsonb, with blob columns as
+ * upper-case hex (the same shape SQLite's triggers produce).
+ */
+export function rowJsonBuilder(schema: TableSchema): (alias: string) => string {
+  const blobs = schema.columns.filter((column) => column.type === 'blob').map((column) => column.name);
+  return (alias) => {
+    if (blobs.length === 0) return `to_jsonb(${alias})`;
+    const parts = [`to_jsonb(${alias})`];
+    for (let start = 0; start < blobs.length; start += JSON_PAIRS_PER_CALL) {
+      const pairs = blobs
+        .slice(start, start + JSON_PAIRS_PER_CALL)
+        .map((name) => `${literal(name)}, upper(encode(${alias}.${quoteIdent(name)}, 'hex'))`);
+      parts.push(`jsonb_build_object(${pairs.join(', ')})`);
+    }
+    return `(${parts.join(' || ')})`;
+  };
+}
+
+export function isChangeError(error: unknown): boolean {
   const code = (error as { code?: unknown }).code;
   if (typeof code !== 'string' || code.length !== 5) return false;
   if (isRetryable(error)) return false;
@@ -1137,13 +1145,13 @@ function isChangeError(error: unknown): boolean {
   return ['22', '23', '42', 'P0', '2F', '39'].includes(code.slice(0, 2));
 }
 
-function isRetryable(error: unknown): boolean {
+export function isRetryable(error: unknown): boolean {
   const code = (error as { code?: unknown }).code;
   return code === '40P01' || code === '40001';
 }
 
 /** Constraint messages name the column or constraint, which helps; anything else is not shown to clients. */
-function describeWriteError(error: unknown, table: string): string {
+export function describeWriteError(error: unknown, table: string): string {
   const { code = '', column, constraint } = error as { code?: string; column?: string; constraint?: string };
   switch (code) {
     case '23502':
