@@ -57,11 +57,27 @@ async function main(): Promise<void> {
   if (clock.some((check) => !check.ok)) throw new Error('the monotonic clock is not shared between processes: latencies would be wrong');
   const ctx: BenchContext = { quick, clients, fdHard: hard, log };
   const results: SuiteResult[] = [];
+  const failed: string[] = [];
   try {
     for (const [id, suite] of Object.entries(SUITES)) {
       if (only && !only.includes(id)) continue;
       log(`== ${id}`);
-      results.push(await suite(ctx));
+      try {
+        results.push(await suite(ctx));
+      } catch (error) {
+        // One failing suite must not lose the others' results: report it where its table would be.
+        log(`${id} failed: ${(error as Error).stack ?? error}`);
+        failed.push(id);
+        results.push({
+          id,
+          title: id,
+          method: 'This suite failed in this run.',
+          table: { columns: ['error'], rows: [[String((error as Error).message ?? error).split('\n')[0] ?? 'failed']] },
+          todo: ['rerun this suite: it failed (see the error above)'],
+          data: { error: String((error as Error).stack ?? error) },
+        });
+        await Promise.all(clients.map((worker) => worker.call('close').catch(() => {})));
+      }
     }
   } finally {
     await Promise.all(clients.map((worker) => worker.stop()));
@@ -89,6 +105,10 @@ async function main(): Promise<void> {
   if (writeDocsToo && !only) {
     writeDocs(markdown);
     log('updated docs/benchmarks.md');
+  }
+  if (failed.length > 0) {
+    log(`failed suites: ${failed.join(', ')}`);
+    process.exitCode = 1;
   }
 }
 

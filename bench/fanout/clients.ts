@@ -43,6 +43,8 @@ let reached: number[] = [];
 /** Bumped by each throughput run so a connection reports reaching each target once. */
 let generation = 0;
 let bytesReceived = 0;
+/** Connections dropped as slow consumers and resumed (throughput mode). */
+let reconnects = 0;
 
 function numberAfter(text: string, needle: string, from = 0): number {
   const at = text.indexOf(needle, from);
@@ -90,41 +92,60 @@ function receiver(): (message: Buffer | string) => void {
 
 function connectWs(args: ConnectArgs): Promise<Connection> {
   return new Promise((resolve, reject) => {
-    const socket = new WebSocket(args.url, { perMessageDeflate: args.deflate ?? true });
     const onLive = receiver();
     let ready = false;
     let closing = false;
+    let socket: WebSocket;
+    /** Highest batch version seen: where a dropped connection resumes. */
+    let seen = 0;
     const connection = {
       close: () => {
         closing = true;
         socket.terminate();
       },
     };
-    socket.on('error', (error) => {
-      if (!ready) reject(error);
-    });
-    socket.on('close', (code: number) => {
-      // The server dropping a client mid-run (e.g. 4008 slow consumer) invalidates the run: say so at once.
-      if (ready && !closing) emit('closed', { code });
-    });
-    socket.on('open', () => {
-      if (args.protocol === 'raw') {
-        ready = true;
-        resolve(connection);
-      }
-    });
-    socket.on('message', (data: Buffer) => {
-      if (!ready) {
-        const text = data.toString('utf8');
-        if (text.startsWith('{"type":"hello"')) socket.send(JSON.stringify({ type: 'subscribe', entities: ['items'], ref: 1 }));
-        else if (text.startsWith('{"type":"subscribed"')) {
+    const open = (since?: number) => {
+      let subscribed = false;
+      socket = new WebSocket(args.url, { perMessageDeflate: args.deflate ?? true });
+      socket.on('error', (error) => {
+        if (!ready) reject(error);
+      });
+      socket.on('close', (code: number) => {
+        if (!ready || closing) return;
+        // A slow consumer (4008) in a throughput run does what our client does: reconnect and
+        // resume from its cursor (the hub replays the log, paced). Anywhere else a drop invalidates the run.
+        if (code === 4008 && target !== Number.POSITIVE_INFINITY) {
+          reconnects++;
+          setTimeout(() => open(seen), 50);
+        } else emit('closed', { code });
+      });
+      socket.on('open', () => {
+        if (args.protocol === 'raw' && !ready) {
           ready = true;
           resolve(connection);
         }
-        return;
-      }
-      onLive(data);
-    });
+      });
+      socket.on('message', (data: Buffer) => {
+        // The server may start replaying a resumed cursor before its `subscribed` reply: those are live data too.
+        if (args.protocol === 'rhtmx' && !subscribed && !data.toString('latin1', 0, 16).startsWith('{"type":"change"')) {
+          const text = data.toString('utf8');
+          if (text.startsWith('{"type":"hello"')) {
+            socket.send(JSON.stringify({ type: 'subscribe', entities: ['items'], ref: 1, ...(since === undefined ? {} : { since }) }));
+          } else if (text.startsWith('{"type":"subscribed"')) {
+            subscribed = true;
+            if (!ready) {
+              ready = true;
+              resolve(connection);
+            }
+          }
+          return;
+        }
+        const version = numberAfter(data.toString('latin1', 0, 80), '"version":');
+        if (version > seen) seen = version;
+        onLive(data);
+      });
+    };
+    open();
   });
 }
 
@@ -209,12 +230,13 @@ serve({
     target = args.version;
     generation++;
     reached = [];
+    reconnects = 0;
     bytesReceived = 0;
     return null;
   },
   /** Receive times per seq (latency) or per connection (throughput), then forget them. */
   collect() {
-    const result = { arrivals: Object.fromEntries(arrivals), reached, bytesReceived, connections: connections.length };
+    const result = { arrivals: Object.fromEntries(arrivals), reached, bytesReceived, reconnects, connections: connections.length };
     arrivals = new Map();
     reached = [];
     return result;
