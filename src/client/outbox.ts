@@ -18,6 +18,7 @@ import { backoff, deadline } from './connection.js';
 import type { RowChange } from './events.js';
 import { hlcNow, uuid } from './hlc.js';
 import { type Db, META, OUTBOX, req } from './idb.js';
+import { holdServerChanges } from './push-gate.js';
 import { applyLocal, knownVersion, type OutboxEntry, pendingFor, type StoredRow } from './replica.js';
 
 /** What `push(entity, change)` takes. */
@@ -155,29 +156,35 @@ export function outboxFlusher(options: OutboxOptions): () => Promise<void> {
           batch.push(entry);
         }
         const keyless = batch.some((entry) => entry.tmp) && (await options.integerKey(entity));
-        let results: PushResult[];
+        // Server changes arriving before the answer is settled are applied after it (see push-gate.ts).
+        const release = holdServerChanges(db);
         try {
-          results = await options.send(
-            entity,
-            batch.map(({ mutation_id, id, action, data, base_version, timestamp, tmp }) => ({
-              mutation_id,
-              id: tmp && keyless ? undefined : id,
-              action,
-              data,
-              base_version,
-              timestamp,
-            })),
-          );
-        } catch (error) {
-          if (!(error as SendError).rejected) throw error;
-          if (batch.length > 1) {
-            limit = 1;
-            continue;
+          let results: PushResult[];
+          try {
+            results = await options.send(
+              entity,
+              batch.map(({ mutation_id, id, action, data, base_version, timestamp, tmp }) => ({
+                mutation_id,
+                id: tmp && keyless ? undefined : id,
+                action,
+                data,
+                base_version,
+                timestamp,
+              })),
+            );
+          } catch (error) {
+            if (!(error as SendError).rejected) throw error;
+            if (batch.length > 1) {
+              limit = 1;
+              continue;
+            }
+            const [only] = batch as [OutboxEntry];
+            results = [{ mutation_id: only.mutation_id, id: only.id, status: 'rejected', reason: (error as Error).message }];
           }
-          const [only] = batch as [OutboxEntry];
-          results = [{ mutation_id: only.mutation_id, id: only.id, status: 'rejected', reason: (error as Error).message }];
+          await settle(entity, batch, results);
+        } finally {
+          release();
         }
-        await settle(entity, batch, results);
       }
       attempt = 0;
     } catch (error) {

@@ -18,6 +18,7 @@ import { fetchJson, type HttpError } from './connection.js';
 import type { RowChange } from './events.js';
 import { hlcObserve } from './hlc.js';
 import { type Db, META, OUTBOX, req } from './idb.js';
+import { serverChangesMayApply } from './push-gate.js';
 
 /** A row as stored: the server row, `id` as a string, plus bookkeeping fields stripped by `get`/`all`. */
 export type StoredRow = Row & {
@@ -127,6 +128,8 @@ export async function pullEntity(db: Db, base: string, entity: string, changed: 
       await db.run([META], 'readwrite', (tx) => tx.objectStore(META).delete(key));
       continue;
     }
+    // A push answer still on its way must not overwrite what this page brings (see push-gate.ts).
+    await serverChangesMayApply(db);
     const snapshot = Boolean(token || page.reset);
     const [rows, reached] = await db.run([entity, META, OUTBOX], 'readwrite', async (tx): Promise<[RowChange[], number]> => {
       const meta = tx.objectStore(META);

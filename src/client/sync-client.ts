@@ -15,6 +15,7 @@ import { uuid } from './hlc.js';
 import { META, OUTBOX, openDb, req } from './idb.js';
 import { electLeader, tabChannel } from './leader.js';
 import { type ConflictDetail, enqueue, type LocalChange, outboxFlusher, sender } from './outbox.js';
+import { serverChangesMayApply } from './push-gate.js';
 import { applyServer, type Cursor, cursorKey, type OutboxEntry, publicRow, pullEntity, type StoredRow } from './replica.js';
 
 export type { ConnectionState } from './connection.js';
@@ -215,6 +216,8 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
   const onChange = (message: LiveChangeMessage) => {
     live = live.then(async () => {
       if (failedLive) return;
+      // A push answer still on its way must not overwrite what this batch brings (see push-gate.ts).
+      await serverChangesMayApply(db);
       const names = entities.filter((entity) => message.changes.some((change) => change.entity === entity));
       try {
         const rows = await db.run([...names, META, OUTBOX], 'readwrite', async (tx) => {
