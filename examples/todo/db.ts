@@ -52,16 +52,20 @@ export function uuidv7(now = Date.now()): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
+/**
+ * The title rule of the routes (1–200 characters after trimming) is also a CHECK: changes made offline
+ * reach the table through the sync push, not through the routes, and the database refuses them the same way.
+ */
 const SQLITE_DDL = `CREATE TABLE IF NOT EXISTS todos (
   id TEXT PRIMARY KEY,
-  title TEXT NOT NULL,
+  title TEXT NOT NULL CHECK (length(trim(title)) BETWEEN 1 AND 200),
   done BOOLEAN NOT NULL DEFAULT 0,
   updated_at TEXT
 )`;
 
 const POSTGRES_DDL = `CREATE TABLE IF NOT EXISTS todos (
   id TEXT PRIMARY KEY,
-  title TEXT NOT NULL,
+  title TEXT NOT NULL CHECK (length(trim(title)) BETWEEN 1 AND 200),
   done BOOLEAN NOT NULL DEFAULT false,
   updated_at TEXT
 )`;

@@ -7,7 +7,8 @@
  *
  * Environment: PORT (3000), HOST (0.0.0.0), DATABASE_URL (./todo.db or a
  * postgres:// URL), DEBUG=1 (engine and client debug logging), HTMX=2 (serve
- * htmx 2 instead of 4).
+ * htmx 2 instead of 4), RHTMX_CLIENT_DIR (serve the browser client from another
+ * build folder than dist/client; the tests use a fresh private bundle).
  */
 import http from 'node:http';
 import { FieldMergeStrategy, nodeHandler, SyncEngine } from '../../src/index.js';
@@ -31,6 +32,7 @@ const engine = new SyncEngine({
   entities: ['todos'],
   fieldSync: FieldMergeStrategy.LastWriteWins,
   debug,
+  clientDir: process.env.RHTMX_CLIENT_DIR || undefined,
   // Every limit set explicitly, so the demo shows them: bodies, JSON depth, batch size, pull pages,
   // WebSocket message size and rate, slow-consumer buffer and connections per user.
   limits: {

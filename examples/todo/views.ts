@@ -126,7 +126,7 @@ export function page(data: PageData, options: ViewOptions): SafeHtml {
 ${options.htmx === 2 ? htmx2Config : ''}
 <style>${new SafeHtml(STYLE)}</style>
 <script src="/vendor/htmx.min.js"></script>
-<script src="/api/sync/client.js" data-sync-entities="todos" data-debug="${options.debug ? 'true' : 'false'}"></script>
+<script src="/api/sync/client.js" data-sync-entities="todos" data-service-worker="true" data-debug="${options.debug ? 'true' : 'false'}"></script>
 <script src="/app.js" defer></script>
 </head>
 <body>
@@ -138,6 +138,11 @@ ${options.htmx === 2 ? htmx2Config : ''}
         directly, and watch changes arrive.</p>
     </header>
     <p id="offline-banner" class="banner" hidden>You are offline. Changes are kept in this browser and sync when you reconnect.</p>
+    <p id="pending-badge" class="badge" role="status" hidden></p>
+    <div id="sync-progress" class="progress" hidden>
+      <progress max="1" value="0" aria-label="Loading into this browser"></progress>
+      <span class="progress-text"></span>
+    </div>
     <form id="add-form" class="add" hx-post="/todos" hx-target="#todo-list" hx-swap="${swap}" autocomplete="off">
       <input name="title" placeholder="What needs doing?" aria-label="New todo" required maxlength="200">
       <button type="submit">Add</button>

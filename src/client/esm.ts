@@ -18,6 +18,8 @@ export {
   createSyncClient,
   type LocalChange,
   type OutboxEntry,
+  type ProgressDetail,
+  type QueuedDetail,
   type SyncClient,
   type SyncClientOptions,
   type SyncErrorDetail,

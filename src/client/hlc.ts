@@ -18,10 +18,13 @@ export const hlcObserve = (remote: unknown): void => {
 };
 
 /**
- * A random RFC 4122 v4 UUID. `crypto.randomUUID` exists only in secure
- * contexts; `getRandomValues` exists everywhere.
+ * A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then random
+ * bits, so rows created offline sort by creation time like ids the server
+ * makes. `crypto.randomUUID` exists only in secure contexts;
+ * `getRandomValues` exists everywhere.
  */
 export const uuid = (): string =>
-  '10000000-1000-4000-8000-100000000000'.replace(/[018]/g, (c) =>
-    (+c ^ (crypto.getRandomValues(new Uint8Array(1))[0]! & (15 >> (+c / 4)))).toString(16),
-  );
+  `${Date.now().toString(16).padStart(12, '0')}7${[...crypto.getRandomValues(new Uint8Array(19))]
+    // Nibble 3 of the random part is the variant (10xx).
+    .map((byte, index) => (index === 3 ? 8 | (byte & 3) : byte & 15).toString(16))
+    .join('')}`.replace(/(.{8})(.{4})(.{4})(.{4})/, '$1-$2-$3-$4-');

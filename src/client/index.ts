@@ -28,4 +28,5 @@ window.rhtmxSync ??= createSyncClient({
   conflictStrategy: attribute('conflict-strategy') ?? undefined,
   useWebSocket: attribute('use-websocket') !== 'false',
   debug: attribute('debug') === 'true',
+  serviceWorker: attribute('service-worker') === 'true',
 });

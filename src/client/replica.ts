@@ -50,6 +50,16 @@ export interface OutboxEntry {
 export interface Cursor {
   v: number;
   n?: string;
+  /** Mid-snapshot: the row count the first page announced, and rows loaded so far (progress survives a reload). */
+  t?: number;
+  l?: number;
+}
+
+/** Detail of `rhtmx:sync:progress`: a snapshot of several pages is loading; the last page reports `loaded === total`. */
+export interface ProgressDetail {
+  entity: string;
+  loaded: number;
+  total: number;
 }
 
 /** Meta key of an entity's cursor. */
@@ -112,7 +122,13 @@ export async function applyServer(tx: IDBTransaction, entity: string, changes: C
  * tokens) or incremental pages (`since`, `has_more`). Each page and its
  * cursor land in one transaction. Resolves with the cursor reached.
  */
-export async function pullEntity(db: Db, base: string, entity: string, changed: (rows: RowChange[]) => void): Promise<number> {
+export async function pullEntity(
+  db: Db,
+  base: string,
+  entity: string,
+  changed: (rows: RowChange[]) => void,
+  progress: (detail: ProgressDetail) => void,
+): Promise<number> {
   const key = cursorKey(entity);
   for (;;) {
     const cursor = (await db.run([META], 'readonly', (tx) => req(tx.objectStore(META).get(key)))) as Cursor | undefined;
@@ -131,25 +147,33 @@ export async function pullEntity(db: Db, base: string, entity: string, changed: 
     // A push answer still on its way must not overwrite what this page brings (see push-gate.ts).
     await serverChangesMayApply(db);
     const snapshot = Boolean(token || page.reset);
-    const [rows, reached] = await db.run([entity, META, OUTBOX], 'readwrite', async (tx): Promise<[RowChange[], number]> => {
-      const meta = tx.objectStore(META);
-      const now = (await req(meta.get(key))) as Cursor | undefined;
-      let rows: RowChange[] = [];
-      if (page.reset) {
-        tx.objectStore(entity).clear();
-        // Pending local changes survive a reset: re-apply them on the empty store.
-        for (const entry of await pendingFor(tx, entity)) {
-          applyLocal(tx.objectStore(entity), entry, (await req(tx.objectStore(entity).get(entry.id))) as StoredRow | undefined);
-          rows.push([entity, entry.id, entry.action]);
+    const [rows, next, total, loaded] = await db.run(
+      [entity, META, OUTBOX],
+      'readwrite',
+      async (tx): Promise<[RowChange[], Cursor, number | undefined, number]> => {
+        const meta = tx.objectStore(META);
+        const now = (await req(meta.get(key))) as Cursor | undefined;
+        let rows: RowChange[] = [];
+        if (page.reset) {
+          tx.objectStore(entity).clear();
+          // Pending local changes survive a reset: re-apply them on the empty store.
+          for (const entry of await pendingFor(tx, entity)) {
+            applyLocal(tx.objectStore(entity), entry, (await req(tx.objectStore(entity).get(entry.id))) as StoredRow | undefined);
+            rows.push([entity, entry.id, entry.action]);
+          }
         }
-      }
-      rows = rows.concat(await applyServer(tx, entity, page.changes, snapshot ? null : (now?.v ?? 0)));
-      const next: Cursor = { v: snapshot ? page.version : Math.max(now?.v ?? 0, page.version) };
-      if (page.next) next.n = page.next;
-      meta.put(next, key);
-      return [rows, next.v];
-    });
+        rows = rows.concat(await applyServer(tx, entity, page.changes, snapshot ? null : (now?.v ?? 0)));
+        const next: Cursor = { v: snapshot ? page.version : Math.max(now?.v ?? 0, page.version) };
+        const total = page.total ?? now?.t;
+        const loaded = (token ? (now?.l ?? 0) : 0) + page.changes.length;
+        if (page.next) Object.assign(next, { n: page.next, t: total, l: loaded });
+        meta.put(next, key);
+        return [rows, next, total, loaded];
+      },
+    );
     changed(rows);
-    if (!page.has_more) return reached;
+    // A snapshot of several pages: its first page announced the row count (an upper bound under read rules).
+    if (snapshot && total !== undefined) progress({ entity, loaded: page.has_more ? loaded : total, total });
+    if (!page.has_more) return next.v;
   }
 }

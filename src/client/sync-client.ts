@@ -8,20 +8,22 @@
  * outbox, `w` entities a tab wants synced, `r` the leader finished a
  * catch-up, `l` a tab just became the leader (followers answer with `w`).
  */
-import type { LiveChangeMessage, Row, SchemaResponse } from '../core/protocol.js';
+import type { ChangeAction, LiveChangeMessage, Row, SchemaResponse } from '../core/protocol.js';
 import { type Connection, type ConnectionState, connect, fetchJson, type HttpError } from './connection.js';
 import { changeEvents, dispatch, type RowChange } from './events.js';
 import { uuid } from './hlc.js';
 import { META, OUTBOX, openDb, req } from './idb.js';
 import { electLeader, tabChannel } from './leader.js';
+import { mapRequest, offlineHtmx } from './offline-htmx.js';
 import { type ConflictDetail, enqueue, type LocalChange, outboxFlusher, sender } from './outbox.js';
 import { serverChangesMayApply } from './push-gate.js';
 import { applyServer, type Cursor, cursorKey, type OutboxEntry, publicRow, pullEntity, type StoredRow } from './replica.js';
+import { registerWorker } from './service-worker.js';
 
 export type { ConnectionState } from './connection.js';
 export type { ChangedDetail } from './events.js';
 export type { ConflictDetail, LocalChange } from './outbox.js';
-export type { OutboxEntry } from './replica.js';
+export type { OutboxEntry, ProgressDetail } from './replica.js';
 
 /** Options of `createSyncClient` (the script tag's `data-*` attributes). */
 export interface SyncClientOptions {
@@ -37,6 +39,16 @@ export interface SyncClientOptions {
   debug?: boolean;
   /** IndexedDB database name; default `rhtmx-sync`. */
   dbName?: string;
+  /** `data-service-worker`: register `<baseUrl>/sw.js` (scope `/`) so the app's pages and scripts open offline. */
+  serviceWorker?: boolean;
+}
+
+/** Detail of `rhtmx:offline:queued`: an htmx request became an outbox change; `count` changes wait in the outbox. */
+export interface QueuedDetail {
+  count: number;
+  entity: string;
+  id: string;
+  action: ChangeAction;
 }
 
 /** Detail of `rhtmx:connection:state`. */
@@ -163,17 +175,25 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
     if (cursors.every((cursor) => cursor && !cursor.n)) markReady();
   };
 
-  const pull = (entity: string) => pullEntity(db, base, entity, changed);
+  const pull = (entity: string) => pullEntity(db, base, entity, changed, (detail) => emit('rhtmx:sync:progress', detail));
 
-  /** `GET /schema`, fetched when first needed (entity discovery, integer keys); retried after a failure. */
+  /**
+   * `GET /schema` (entity discovery, integer keys, offline htmx), fetched once per page and kept in
+   * IndexedDB: a page reopened offline still knows the routes and column types. Retried after a failure.
+   */
   let schema: Promise<SchemaResponse> | null = null;
-  const getSchema = (): Promise<SchemaResponse> => {
-    schema ??= fetchJson<SchemaResponse>(`${base}/schema`);
-    schema.catch(() => {
-      schema = null;
-    });
-    return schema;
-  };
+  const getSchema = (): Promise<SchemaResponse> =>
+    (schema ??= fetchJson<SchemaResponse>(`${base}/schema`).then(
+      (fresh) => {
+        db.run([META], 'readwrite', (tx) => tx.objectStore(META).put(fresh, 'schema')).catch(log);
+        return fresh;
+      },
+      async (error) => {
+        // The stored copy is not kept: the next call asks the server again.
+        schema = null;
+        return (await db.run([META], 'readonly', (tx) => req(tx.objectStore(META).get('schema')))) ?? Promise.reject(error);
+      },
+    ));
 
   const flush = outboxFlusher({
     db,
@@ -195,6 +215,8 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
   /** Leader: pull everything (on every connect), then live changes resume from the lowest cursor. */
   const catchUp = async (): Promise<number> => {
     failedLive = false;
+    // Stored for offline htmx in a page reopened offline.
+    getSchema().catch(log);
     const cursors = await Promise.all(
       [...entities].map((entity) =>
         pull(entity).catch((error: HttpError) => {
@@ -293,7 +315,7 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
     return db.run([entity], 'readonly', (tx) => req(body(tx.objectStore(entity))));
   };
 
-  return {
+  const api: SyncClient = {
     ready,
     async syncEntity(entity) {
       await started;
@@ -323,4 +345,21 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
     },
     state: () => ({ state, leader }),
   };
+
+  offlineHtmx(async (elt, method, url, fields) => {
+    try {
+      const mapped = mapRequest(await getSchema(), entities, elt, method, url, fields);
+      if (!mapped) return false;
+      const { entity, id, action } = await api.push(mapped.entity, mapped.change);
+      // This tab only: the page that made the request shows what waits.
+      dispatch('rhtmx:offline:queued', { count: (await api.pending()).length, entity, id, action } satisfies QueuedDetail);
+      return true;
+    } catch (error) {
+      // No schema yet (first visit offline), storage full...: htmx's own error handling takes it.
+      log('offline htmx', error);
+      return false;
+    }
+  });
+  if (options.serviceWorker) registerWorker(`${base}/sw.js`, log);
+  return api;
 }

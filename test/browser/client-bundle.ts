@@ -13,7 +13,7 @@ export const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 
 let clientDir: Promise<string> | null = null;
 
-/** The folder holding a fresh `rhtmx-sync.js` (IIFE) and `rhtmx-sync.esm.js`, built once per process. */
+/** The folder holding a fresh `rhtmx-sync.js` (IIFE), `rhtmx-sync.esm.js` and `rhtmx-sw.js`, built once per process. */
 export function buildClient(): Promise<string> {
   clientDir ??= (async () => {
     const dir = mkdtempSync(join(tmpdir(), 'rhtmx-client-'));
@@ -21,6 +21,7 @@ export function buildClient(): Promise<string> {
     const options: BuildOptions = { bundle: true, minify: true, target: ['es2020'], legalComments: 'none', logLevel: 'warning' };
     await build({ ...options, entryPoints: [join(root, 'src/client/index.ts')], outfile: join(dir, 'rhtmx-sync.js'), format: 'iife' });
     await build({ ...options, entryPoints: [join(root, 'src/client/esm.ts')], outfile: join(dir, 'rhtmx-sync.esm.js'), format: 'esm' });
+    await build({ ...options, entryPoints: [join(root, 'src/client/sw.ts')], outfile: join(dir, 'rhtmx-sw.js'), format: 'iife' });
     return dir;
   })();
   return clientDir;

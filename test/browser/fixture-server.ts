@@ -33,6 +33,8 @@ export interface FixtureOptions extends Partial<SyncEngineOptions> {
   seed?: Array<[string, string]>;
   /** Schema to create instead of the default todos table (must include todos). */
   setupSql?: string;
+  /** Extra HTML at the end of the page's body (forms for the offline htmx tests). */
+  body?: string;
 }
 
 export interface Fixture {
@@ -50,7 +52,7 @@ export interface Fixture {
 
 const escapeHtml = (text: string) => text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
-function page(htmx: string, useWebSocket: boolean, entities: string, defer: boolean): string {
+function page(htmx: string, useWebSocket: boolean, entities: string, defer: boolean, body: string): string {
   return `<!doctype html>
 <html>
 <head>
@@ -68,15 +70,18 @@ function page(htmx: string, useWebSocket: boolean, entities: string, defer: bool
 <body>
   <h1>Todos</h1>
   <div id="list" hx-get="/todos-fragment" hx-trigger="load, rhtmx:todos:changed from:body"></div>
+${body}
 </body>
 </html>`;
 }
 
 export async function startFixture(options: FixtureOptions = {}): Promise<Fixture> {
-  const { refuseWebSocket, seed = [], setupSql, ...engineOptions } = options;
+  const { refuseWebSocket, seed = [], setupSql, body = '', ...engineOptions } = options;
   const temp = tempDb(setupSql);
   const insert = temp.db.prepare('INSERT INTO todos (id, title, done) VALUES (?, ?, 0)');
-  for (const [id, title] of seed) insert.run(id, title);
+  temp.db.transaction(() => {
+    for (const [id, title] of seed) insert.run(id, title);
+  })();
   const engine = new SyncEngine({ db: temp.db, entities: ['todos'], pollMs: 10, clientDir: await buildClient(), ...engineOptions });
   await engine.ready;
   let renders = 0;
@@ -86,7 +91,7 @@ export async function startFixture(options: FixtureOptions = {}): Promise<Fixtur
     if (url.pathname === '/') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
       const query = url.searchParams;
-      res.end(page(query.get('htmx') ?? '4', query.get('ws') !== 'false', query.get('entities') ?? 'todos', query.has('defer')));
+      res.end(page(query.get('htmx') ?? '4', query.get('ws') !== 'false', query.get('entities') ?? 'todos', query.has('defer'), body));
       return;
     }
     const htmx = /^\/htmx(\d)\.js$/.exec(url.pathname)?.[1];

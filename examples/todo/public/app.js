@@ -10,6 +10,8 @@
   const lastOut = $('sync-last');
   const activity = $('sync-activity');
   const banner = $('offline-banner');
+  const badge = $('pending-badge');
+  const progress = $('sync-progress');
   const list = $('todo-list');
   const form = $('add-form');
   if (!panel || !list) return;
@@ -92,9 +94,15 @@
     versionOut.textContent = String(next);
   }
 
+  let pendingCount = 0;
   function setPending(count) {
+    pendingCount = count;
     pendingOut.textContent = String(count);
     pendingOut.parentElement.classList.toggle('has-pending', count > 0);
+    if (badge) {
+      badge.hidden = count === 0;
+      badge.textContent = `${count} change${count === 1 ? '' : 's'} waiting to sync`;
+    }
   }
 
   async function refreshPending() {
@@ -109,25 +117,45 @@
     }
   }
 
+  // An htmx form the client took over (offline, or the request failed on the network): it waits in the outbox.
+  // htmx saw it complete as 204 No Content, so the add form clears itself (afterRequest below).
   document.addEventListener('rhtmx:offline:queued', (event) => {
     const count = event.detail?.count;
     if (typeof count === 'number') setPending(count);
     else refreshPending();
-    if (form) form.reset();
   });
+  // The outbox drains when the server answers; poll it while something waits.
+  setInterval(() => {
+    if (pendingCount > 0 || !navigator.onLine) refreshPending();
+  }, 1000);
   setInterval(refreshPending, 5000);
+
+  // First load progress ----------------------------------------------------------
+  // A table too big for one pull page arrives in pages; the client reports each one.
+  document.addEventListener('rhtmx:sync:progress', (event) => {
+    const { loaded, total } = event.detail ?? {};
+    if (!progress || !(total > 0)) return;
+    const done = loaded >= total;
+    progress.hidden = done;
+    progress.querySelector('progress').value = Math.min(1, loaded / total);
+    progress.querySelector('.progress-text').textContent = `Loading into this browser: ${loaded} of ${total} rows`;
+  });
+  document.addEventListener('rhtmx:sync:ready', () => {
+    if (progress) progress.hidden = true;
+  });
 
   // Activity log ---------------------------------------------------------------
   /** Titles of rows as last drawn, so a delete can still be named after its row is gone. */
   const titles = new Map();
-  /** Until the first pull is done, changed events are the local copy being filled, not edits. */
-  let readyAt = 0;
-  let firstBatchSeen = false;
-  const markReady = () => {
-    readyAt ||= Date.now();
-  };
-  document.addEventListener('rhtmx:sync:ready', markReady);
-  window.rhtmxSync?.ready?.then?.(markReady, () => {});
+  /**
+   * Rows as the server rendered them into this page (id → "done|title"). The first time such a row
+   * reaches IndexedDB unchanged, that is the local copy being filled ("loaded"), not an edit. Decided by
+   * the data, never by timing: a list re-fetched before an edit's event arrives must not hide the edit.
+   */
+  const rendered = new Map([...list.querySelectorAll('.todo[data-id]')].map((row) => [row.dataset.id, signatureOf(row)]));
+  function signatureOf(row) {
+    return `${row.classList.contains('done')}|${row.querySelector('.title')?.getAttribute('value') ?? ''}`;
+  }
 
   async function describe(id) {
     const known = titles.get(String(id));
@@ -160,18 +188,34 @@
     while (activity.children.length > MAX_ENTRIES) activity.lastElementChild.remove();
   }
 
+  /** Split a batch into rows that only filled the local copy and real changes. */
+  async function loadedRows(ids) {
+    const candidates = ids.filter((id) => rendered.has(id));
+    if (!candidates.length) return [];
+    let rows = [];
+    try {
+      rows = (await api('all')?.(ENTITY)) ?? [];
+    } catch {}
+    const stored = new Map(rows.map((row) => [String(row.id), `${truthy(row.done)}|${row.title ?? ''}`]));
+    return candidates.filter((id) => {
+      const same = stored.get(id) === rendered.get(id);
+      rendered.delete(id);
+      return same;
+    });
+  }
+
   async function logChange(detail) {
     const ids = (Array.isArray(detail.ids) && detail.ids.length > 0 ? detail.ids : detail.id != null ? [detail.id] : []).map(String);
-    const named = await Promise.all(ids.slice(0, 3).map(describe));
-    const more = ids.length > 3 ? ` +${ids.length - 3} more` : '';
-    const text = named.length ? named.join(', ') + more : 'refreshed';
-    // The first pull fills IndexedDB with rows that were already on the page: label it as such, not as edits.
-    // (Events are coalesced per animation frame, which background tabs delay, hence the generous window.)
-    const loading = !firstBatchSeen && (!readyAt || Date.now() - readyAt < 3000) && ids.every((id) => titles.has(id));
-    firstBatchSeen = true;
-    if (loading) addEntry('load', 'loaded', `${ids.length} row${ids.length === 1 ? '' : 's'} into IndexedDB`, ids.join(', '));
-    else if (ids.length > 1) addEntry('batch', `${ids.length} changes`, text, ids.join(', '));
-    else addEntry(String(detail.action ?? 'change'), String(detail.action ?? 'change'), text, ids.join(', '));
+    const loaded = await loadedRows(ids);
+    const edits = ids.filter((id) => !loaded.includes(id));
+    if (loaded.length)
+      addEntry('load', 'loaded', `${loaded.length} row${loaded.length === 1 ? '' : 's'} into IndexedDB`, loaded.join(', '));
+    if (edits.length) {
+      const named = await Promise.all(edits.slice(0, 3).map(describe));
+      const text = named.join(', ') + (edits.length > 3 ? ` +${edits.length - 3} more` : '');
+      if (edits.length > 1) addEntry('batch', `${edits.length} changes`, text, edits.join(', '));
+      else addEntry(String(detail.action ?? 'change'), String(detail.action ?? 'change'), text, edits.join(', '));
+    }
     lastOut.textContent = time();
   }
 
@@ -239,8 +283,8 @@
   document.addEventListener('htmx:afterRequest', afterRequest);
 
   // Offline: the list's GET fails, so draw it from this browser's IndexedDB copy.
-  // A failed write is normally taken over by the sync client (queued offline, then a changed event);
-  // if nothing took it over, say so rather than fail silently.
+  // A write to /todos that cannot reach the server is taken over by the sync client (queued in the outbox;
+  // htmx sees a 204 and reports no error). Anything else that fails is said, not dropped silently.
   let takenOverAt = 0;
   const tookOver = () => {
     takenOverAt = Date.now();
@@ -279,13 +323,18 @@
       return;
     }
     if (!Array.isArray(rows)) return;
+    // Rows with changes still in the outbox are marked: they exist here, not yet on the server.
+    let waiting = new Set();
+    try {
+      waiting = new Set(((await api('pending')?.()) ?? []).filter((entry) => entry.entity === ENTITY).map((entry) => String(entry.id)));
+    } catch {}
     rows = rows
       .filter((row) => row && row.id != null)
       .sort((a, b) => (String(a.id) < String(b.id) ? -1 : String(a.id) > String(b.id) ? 1 : 0));
     const swap = list.getAttribute('hx-swap') ?? 'innerHTML';
     const ul = document.createElement('ul');
     ul.className = 'todos';
-    for (const row of rows) ul.append(localRow(row, swap));
+    for (const row of rows) ul.append(localRow(row, swap, waiting.has(String(row.id))));
     const note = document.createElement('p');
     const left = rows.filter((row) => !truthy(row.done)).length;
     note.className = rows.length ? 'count' : 'empty';
@@ -301,13 +350,13 @@
   }
 
   /** The same markup as the server's todoItem (views.ts), built without innerHTML. */
-  function localRow(row, swap) {
+  function localRow(row, swap, pending) {
     const id = String(row.id);
     const title = String(row.title ?? '');
     const done = truthy(row.done);
     const url = `/todos/${encodeURIComponent(id)}`;
     const li = document.createElement('li');
-    li.className = done ? 'todo done' : 'todo';
+    li.className = `todo${done ? ' done' : ''}${pending ? ' pending' : ''}`;
     li.id = `todo-${id}`;
     li.dataset.id = id;
     const common = { 'hx-target': '#todo-list', 'hx-swap': swap };
@@ -343,7 +392,15 @@
       ...common,
     });
     remove.textContent = '×';
-    li.append(check, input, remove);
+    li.append(check, input);
+    if (pending) {
+      const tag = document.createElement('span');
+      tag.className = 'pending-tag';
+      tag.title = 'Saved in this browser, waiting to reach the server';
+      tag.textContent = 'pending';
+      li.append(tag);
+    }
+    li.append(remove);
     return li;
   }
 
