@@ -11,6 +11,14 @@ for (const store of STORES) {
     });
     after(() => server.close());
 
+    test('before the first write the snapshot cursor is above 0, so clients continue incrementally', async () => {
+      const { body } = await getJson(`${server.url}/api/sync/todos?since=0`);
+      assert.equal(body.reset, true);
+      assert.ok(body.version > 0, 'version 0 would mean "no snapshot yet" and make every page load refetch');
+      const next = await getJson(`${server.url}/api/sync/todos?since=${body.version}`);
+      assert.equal(next.body.reset, undefined);
+    });
+
     test('since=0 is a snapshot of current rows, not the log replayed', async () => {
       await store.externalWrite(server, "INSERT INTO todos (id, title, done) VALUES ('s1', 'one', false)");
       await store.externalWrite(server, "UPDATE todos SET title = 'one again' WHERE id = 's1'");

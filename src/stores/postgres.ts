@@ -287,7 +287,12 @@ export class PostgresStore implements Store {
       );
       // Only when something is missing: CREATE INDEX locks the log table even when the index exists,
       // and a node starting must not queue up behind (and then block) the app's writers.
-      if (missing.rows[0]?.missing) await client.query(this.tablesDdl());
+      if (missing.rows[0]?.missing) {
+        await client.query(this.tablesDdl());
+        // Versions start above 0: 0 means "no snapshot yet" to clients, so a table synced before its
+        // first write must still hand out a cursor they can continue from.
+        await client.query(`SELECT setval('${this.names.sequence.replaceAll("'", "''")}', 1)`);
+      }
       await client.query(this.captureFunctionDdl());
       for (const target of targets) {
         const prepared = await this.introspect(client, target);

@@ -146,6 +146,10 @@ export class SqliteStore implements Store {
         updated_at INTEGER NOT NULL
       );
       CREATE TABLE IF NOT EXISTS ${META_TABLE} (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+      -- Versions start above 0: 0 means "no snapshot yet" to clients, so a table synced before its
+      -- first write must still hand out a cursor they can continue from.
+      INSERT INTO sqlite_sequence (name, seq) SELECT '${LOG_TABLE}', 1
+        WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = '${LOG_TABLE}');
       CREATE TABLE IF NOT EXISTS ${CONTEXT_TABLE} (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         client_id TEXT,
