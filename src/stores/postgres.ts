@@ -292,6 +292,7 @@ export class PostgresStore implements Store {
         // Versions start above 0: 0 means "no snapshot yet" to clients, so a table synced before its
         // first write must still hand out a cursor they can continue from.
         await client.query(`SELECT setval('${this.names.sequence.replaceAll("'", "''")}', 1)`);
+        await client.query(`INSERT INTO ${this.names.meta} (key, value) VALUES ('log_start', 1) ON CONFLICT (key) DO NOTHING`);
       }
       await client.query(this.captureFunctionDdl());
       for (const target of targets) {
@@ -554,6 +555,7 @@ export class PostgresStore implements Store {
         `SELECT GREATEST(
            (SELECT max(version) FROM ${this.names.log} WHERE version <= $1),
            (SELECT max(value) FROM ${this.names.meta} WHERE key LIKE 'pruned\\_through:%' AND value <= $1),
+           (SELECT value FROM ${this.names.meta} WHERE key = 'log_start' AND value <= $1),
            0)::text AS cursor`,
         [horizon],
       );
