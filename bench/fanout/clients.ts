@@ -112,9 +112,10 @@ function connectWs(args: ConnectArgs): Promise<Connection> {
       });
       socket.on('close', (code: number) => {
         if (!ready || closing) return;
-        // A slow consumer (4008) in a throughput run does what our client does: reconnect and
-        // resume from its cursor (the hub replays the log, paced). Anywhere else a drop invalidates the run.
-        if (code === 4008 && target !== Number.POSITIVE_INFINITY) {
+        // A dropped client in a throughput run (4008 slow consumer, or 1006 when an overloaded machine
+        // misses the heartbeat) does what our client does: reconnect and resume from its cursor (the hub
+        // replays the log, paced). In a latency run a drop invalidates the run.
+        if (target !== Number.POSITIVE_INFINITY) {
           reconnects++;
           setTimeout(() => open(seen), 50);
         } else emit('closed', { code });
