@@ -118,6 +118,11 @@ for (const store of STORES) {
       const client = await WsClient.connect(server.wsUrl);
       await client.request({ type: 'subscribe', entities: ['todos'], since: version });
       await waitFor(() => client.changes().some((change) => change.id === 'c1'));
+      assert.deepEqual(
+        client.messages.slice(1, 3).map((message) => message.type),
+        ['subscribed', 'change'],
+        'the subscribe reply comes before the replayed changes',
+      );
       await postJson(`${server.url}/api/sync/todos`, { changes: [{ id: 'c2', action: 'create', data: { title: 'live', done: false } }] });
       await waitFor(() => client.changes().some((change) => change.id === 'c2'));
       assert.deepEqual(

@@ -121,8 +121,8 @@ export class FieldWebSocket {
       const record = message as Record<string, unknown>;
       if (typeof record.ref === 'string' || typeof record.ref === 'number') ref = record.ref;
       if (!(await this.sessionValid(connection))) return;
-      const reply = await this.dispatch(record, connection);
-      connection.send(ref === undefined ? reply : { ...reply, ref });
+      const reply = await this.dispatch(record, connection, ref);
+      if (reply) connection.send(ref === undefined ? reply : { ...reply, ref });
     } catch (error) {
       const syncError = toSyncError(error);
       if (syncError.status >= 500) this.options.onError?.(error);
@@ -143,15 +143,19 @@ export class FieldWebSocket {
     return false;
   }
 
-  private async dispatch(message: Record<string, unknown>, connection: FieldConnection): Promise<FieldReply> {
+  /** The reply, or null when it was already sent (subscribe sends it before any replayed change). */
+  private async dispatch(message: Record<string, unknown>, connection: FieldConnection, ref?: string | number): Promise<FieldReply | null> {
     switch (message.type) {
       case 'ping':
         return { type: 'pong', server_time: Date.now(), ...(typeof message.t === 'number' ? { t: message.t } : {}) };
       case 'subscribe': {
         const entities = this.service.entityList(message.entities);
         const since = optionalCount(message.since, 'since');
-        this.subscribe(connection, new Set([...connection.filter.entities, ...entities]), since);
-        return { type: 'subscribed', entities: [...connection.filter.entities], version: this.feed.currentVersion };
+        const wanted = new Set([...connection.filter.entities, ...entities]);
+        const reply: FieldReply = { type: 'subscribed', entities: [...wanted], version: this.feed.currentVersion };
+        connection.send(ref === undefined ? reply : { ...reply, ref });
+        this.subscribe(connection, wanted, since);
+        return null;
       }
       case 'unsubscribe': {
         const entities = this.service.entityList(message.entities);

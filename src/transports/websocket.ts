@@ -248,7 +248,7 @@ export class WebSocketTransport {
       if (typeof record.ref === 'string' || typeof record.ref === 'number') ref = record.ref;
       if (!(await this.sessionValid(connection))) return;
       const reply = (await this.options.extra?.(record, connection)) ?? (await this.dispatch(record, connection, ref));
-      connection.send(reply);
+      if (reply) connection.send(reply);
     } catch (error) {
       const syncError = toSyncError(error);
       if (syncError.status >= 500) this.options.onError?.(error);
@@ -262,7 +262,8 @@ export class WebSocketTransport {
     message: Record<string, unknown>,
     connection: SyncConnection,
     ref: string | number | undefined,
-  ): Promise<ServerMessage> {
+  ): Promise<ServerMessage | null> {
+    // null: the reply was already sent (subscribe sends it before any replayed change).
     const withRef = <T extends ServerMessage>(reply: T): T => (ref === undefined ? reply : { ...reply, ref });
     switch (message.type) {
       case 'ping':
@@ -270,8 +271,11 @@ export class WebSocketTransport {
       case 'subscribe': {
         const entities = this.service.entityList(message.entities);
         const since = optionalCursor(message.since, 'since');
-        this.subscribe(connection, new Set([...connection.filter.entities, ...entities]), since);
-        return withRef({ type: 'subscribed', entities: [...connection.filter.entities], version: this.hub.currentVersion });
+        const wanted = new Set([...connection.filter.entities, ...entities]);
+        // The reply goes out first: with `since`, replayed changes must follow it, as documented.
+        connection.send(withRef({ type: 'subscribed', entities: [...wanted], version: this.hub.currentVersion }));
+        this.subscribe(connection, wanted, since);
+        return null;
       }
       case 'unsubscribe': {
         const entities = this.service.entityList(message.entities);
