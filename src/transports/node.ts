@@ -4,6 +4,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
+import { claimNodeEventStream } from './sse.js';
 
 /** Build a Web Request from a Node request. The body stays a stream: the engine enforces its size limit. */
 export function toWebRequest(req: IncomingMessage, res?: ServerResponse): Request {
@@ -46,7 +47,11 @@ export async function sendWebResponse(res: ServerResponse, response: Response, r
     return;
   }
   const streaming = (response.headers.get('content-type') ?? '').startsWith('text/event-stream');
-  if (streaming) res.flushHeaders();
+  if (streaming) {
+    res.flushHeaders();
+    // The engine's own event streams write straight to the socket.
+    if (claimNodeEventStream(response, res)) return;
+  }
   const reader = response.body.getReader();
   const onClose = () => void reader.cancel().catch(() => {});
   res.once('close', onClose);
