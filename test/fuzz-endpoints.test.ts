@@ -56,7 +56,7 @@ for (const store of STORES) {
   describe(`fuzzing every endpoint [${store.name}]`, () => {
     let server: TestServer;
     before(async () => {
-      server = await store.start();
+      server = await store.start({ fieldSync: 'last-write-wins' });
     });
     after(() => server.close());
 
@@ -139,6 +139,60 @@ for (const store of STORES) {
           },
         ),
         { numRuns: 300 },
+      );
+      assert.equal(client.socket.readyState, client.socket.OPEN, 'the socket survived every message');
+      client.close();
+    });
+
+    const anyFieldChange = fc.record(
+      {
+        mutation_id: fc.oneof(fc.nat(), anyScalar),
+        entity_id: fc.oneof(fc.string({ maxLength: 10 }), fc.integer(), anyScalar),
+        field: fc.oneof(anyKey, fc.constant('*')),
+        value: anyValue,
+        action: fc.oneof(fc.constantFrom('update', 'delete'), anyScalar),
+        timestamp: fc.oneof(fc.nat(), anyScalar),
+        base_version: fc.oneof(fc.nat(), anyScalar),
+      },
+      { requiredKeys: [] },
+    );
+
+    test('field-sync HTTP endpoints with arbitrary bodies, entities and ids', async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.oneof(fc.constant('todos'), hostileStrings),
+          fc.oneof(fc.record({ client_id: fc.oneof(fc.uuid(), anyScalar), changes: fc.array(anyFieldChange, { maxLength: 4 }) }), anyValue),
+          fc.oneof(fc.string({ maxLength: 10 }), hostileStrings),
+          fc.oneof(anyScalar.map(String), fc.nat().map(String)),
+          async (entity, body, id, since) => {
+            const base = `${server.url}/api/field-sync/${encodeURIComponent(entity)}`;
+            await expectSane(
+              await fetch(base, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+            );
+            await expectSane(await fetch(`${base}?since=${encodeURIComponent(since)}`));
+            await expectSane(await fetch(`${base}/${encodeURIComponent(id)}/latest`));
+          },
+        ),
+        { numRuns: 150 },
+      );
+    });
+
+    test('field-sync WebSocket messages of every type with arbitrary fields', async () => {
+      const client = await WsClient.connect(server.wsUrl.replace('/api/sync/ws', '/api/field-sync/ws'));
+      await fc.assert(
+        fc.asyncProperty(
+          fc.constantFrom('subscribe', 'unsubscribe', 'sync', 'latest', 'push_fields', 'ping', 'push', 'nonsense'),
+          fc.dictionary(fc.constantFrom('entity', 'entities', 'entity_id', 'fields', 'since', 'client_id', 'mutation_id'), anyValue),
+          async (type, fields) => {
+            const reply = await client.request({ ...fields, type });
+            assert.ok(
+              ['pong', 'subscribed', 'unsubscribed', 'sync', 'latest', 'push_ack', 'error'].includes(reply.type),
+              JSON.stringify(reply),
+            );
+            assert.doesNotMatch(JSON.stringify(reply).slice(0, 100_000), SQL_LEAK);
+          },
+        ),
+        { numRuns: 200 },
       );
       assert.equal(client.socket.readyState, client.socket.OPEN, 'the socket survived every message');
       client.close();

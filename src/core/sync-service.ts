@@ -230,7 +230,9 @@ export function decodeSnapshotToken(token: string): { version: number; after: st
   try {
     if (token.length > 1024) throw new Error('too long');
     const [version, after] = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as [unknown, unknown];
-    if (!Number.isSafeInteger(version) || (version as number) < 0 || typeof after !== 'string') throw new Error('shape');
+    if (!Number.isSafeInteger(version) || (version as number) < 0 || typeof after !== 'string' || after.includes('\u0000')) {
+      throw new Error('shape');
+    }
     return { version: version as number, after };
   } catch {
     throw new SyncError(ErrorCode.BadCursor, 'invalid snapshot token', 400);

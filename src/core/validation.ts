@@ -110,8 +110,9 @@ function columnsOf(schema: TableSchema): Set<string> {
 export function normaliseId(raw: unknown, where: string): string | null {
   if (raw === null || raw === undefined || raw === '') return null;
   if (typeof raw === 'number' && Number.isFinite(raw)) return String(raw);
-  if (typeof raw === 'string' && raw.length <= 256) return raw;
-  throw badRequest(`${where}: id must be a string (at most 256 characters) or a finite number`);
+  // NUL cannot be stored in PostgreSQL text; refuse it everywhere so both stores answer alike.
+  if (typeof raw === 'string' && raw.length <= 256 && !raw.includes('\u0000')) return raw;
+  throw badRequest(`${where}: id must be a string (at most 256 characters, no NUL) or a finite number`);
 }
 
 function validateChange(raw: unknown, index: number, schema: TableSchema): ValidatedChange {
