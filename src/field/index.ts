@@ -103,15 +103,19 @@ export async function createFieldSync(deps: FieldSyncDeps): Promise<FieldSyncMod
   };
   const access = { authorize: deps.authorize, allowedOrigins: deps.allowedOrigins };
   const http = new FieldHttpRoutes(service, { ...access, basePath: deps.basePath, limits: deps.limits, onPush, onError });
-  const ws = new FieldWebSocket(service, feed, {
-    path: `${deps.basePath}/ws`,
-    limits: deps.limits,
-    heartbeatMs: deps.heartbeatMs ?? 30_000,
-    ...access,
-    limiter: deps.limiter,
+  const ws = new FieldWebSocket(
+    service,
+    feed,
+    {
+      path: `${deps.basePath}/ws`,
+      limits: deps.limits,
+      heartbeatMs: deps.heartbeatMs ?? 30_000,
+      ...access,
+      limiter: deps.limiter,
+      onError,
+    },
     onPush,
-    onError,
-  });
+  );
   deps.logger.debug({ strategy: deps.strategy, dialect: store.dialect }, 'rhtmx-sync: field sync ready');
   return {
     handle: (request, url) => http.handle(request, url),

@@ -6,145 +6,40 @@
  * changes arrive as `field_change` messages. The limits are the entity
  * socket's: message size, messages per second, bytes queued for a slow reader.
  */
-import type { IncomingMessage } from 'node:http';
-import type { Duplex } from 'node:stream';
-import type { WebSocket, WebSocketServer } from 'ws';
-import { type ConnectionLimiter, resolveUser } from '../core/access.js';
-import type { Authorize, SyncLimits, SyncUser } from '../core/config.js';
-import { badRequest, SyncError, toSyncError } from '../core/errors.js';
-import type { ChangeHub } from '../core/hub.js';
-import { EntityFilter } from '../core/hub.js';
+import type { SyncUser } from '../core/config.js';
+import { badRequest, SyncError } from '../core/errors.js';
+import { type ChangeHub, EntityFilter } from '../core/hub.js';
 import { ErrorCode } from '../core/protocol.js';
-import { parseJson } from '../core/validation.js';
-import { admitUpgrade, createSocketServer, SyncConnection } from '../transports/websocket.js';
+import { optionalCount, type Ref, SocketEndpoint, type SocketEndpointOptions, type SyncConnection } from '../transports/socket-endpoint.js';
 import type { FieldChange, FieldServerMessage } from './protocol.js';
 import type { FieldService } from './service.js';
 
-export interface FieldWebSocketOptions {
-  path: string;
-  limits: SyncLimits;
-  /** Server → client ping interval; a socket that misses one is terminated. */
-  heartbeatMs: number;
-  authorize?: Authorize;
-  allowedOrigins?: string[];
-  /** The engine's per-user live connection limit, shared with the entity transports. */
-  limiter?: ConnectionLimiter;
-  onPush: () => void;
-  onError?: (error: unknown) => void;
-}
-
-type Ref = string | number | undefined;
 /** Replies to requests (live `field_change` messages are not replies). */
 type FieldReply = Exclude<FieldServerMessage, { type: 'field_change' | 'hello' }>;
 
-/** One socket: rate limiting and back-pressure from the entity transport, plus its field subscription. */
-class FieldConnection {
-  filter = new EntityFilter(new Set());
-  unsubscribe: (() => void) | null = null;
-
-  constructor(readonly link: SyncConnection) {}
-
-  /** Replies, or (`live`) unpaced live batches, which count against the slow-consumer limit. */
-  send(message: FieldServerMessage | string, live = false): void {
-    this.link.send(typeof message === 'string' ? message : JSON.stringify(message), live);
-  }
-}
-
-export class FieldWebSocket {
-  readonly server: WebSocketServer;
-  private readonly connections = new Set<FieldConnection>();
-  private readonly heartbeat: NodeJS.Timeout;
-
+export class FieldWebSocket extends SocketEndpoint {
   constructor(
     private readonly service: FieldService,
     private readonly feed: ChangeHub<FieldChange>,
-    private readonly options: FieldWebSocketOptions,
+    options: SocketEndpointOptions,
+    /** After every push: wake the entity hub and the field feed. */
+    private readonly onPush: () => void,
   ) {
-    this.server = createSocketServer(options.limits);
-    this.heartbeat = setInterval(() => this.pingAll(), options.heartbeatMs);
-    this.heartbeat.unref();
+    super(options);
   }
 
-  get connectionCount(): number {
-    return this.connections.size;
-  }
-
-  /** Take over an upgrade request if it is for our path; returns whether it was. */
-  handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): boolean {
-    const path = (request.url ?? '').split('?')[0];
-    if (path !== this.options.path) return false;
-    void this.admit(request, socket, head);
-    return true;
-  }
-
-  /** Origin, authorization and connection limits are checked before the handshake completes (as on /api/sync/ws). */
-  private async admit(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    const admitted = await admitUpgrade(request, socket, this.options);
-    if (!admitted) return;
-    this.server.handleUpgrade(request, socket, head, (ws) => this.accept(ws, admitted.user, admitted.request, admitted.release));
-  }
-
-  private accept(socket: WebSocket, user: SyncUser | null, request: Request | null, release: () => void): void {
-    const connection = new FieldConnection(new SyncConnection(socket, this.options.limits, user, request));
-    this.connections.add(connection);
-    socket.on('pong', () => {
-      connection.link.alive = true;
-    });
-    socket.on('message', (data, isBinary) => {
-      connection.link.alive = true;
-      void this.onMessage(connection, data as Buffer, isBinary);
-    });
-    socket.on('close', () => {
-      connection.unsubscribe?.();
-      this.connections.delete(connection);
-      release();
-    });
-    socket.on('error', () => socket.terminate());
-    connection.send({
+  protected hello(): FieldServerMessage {
+    return {
       type: 'hello',
       version: this.feed.currentVersion,
       server_time: Date.now(),
       entities: this.service.entityNames,
       strategy: this.service.strategy,
-    });
-  }
-
-  private async onMessage(connection: FieldConnection, data: Buffer, isBinary: boolean): Promise<void> {
-    let ref: Ref;
-    try {
-      if (!connection.link.takeToken()) {
-        throw new SyncError(ErrorCode.RateLimited, `more than ${this.options.limits.wsMessagesPerSecond} messages per second`, 429);
-      }
-      if (isBinary) throw badRequest('binary messages are not supported; send JSON text');
-      const message = parseJson(data.toString('utf8'), this.options.limits);
-      if (typeof message !== 'object' || message === null || Array.isArray(message)) throw badRequest('a message must be a JSON object');
-      const record = message as Record<string, unknown>;
-      if (typeof record.ref === 'string' || typeof record.ref === 'number') ref = record.ref;
-      if (!(await this.sessionValid(connection))) return;
-      const reply = await this.dispatch(record, connection, ref);
-      if (reply) connection.send(ref === undefined ? reply : { ...reply, ref });
-    } catch (error) {
-      const syncError = toSyncError(error);
-      if (syncError.status >= 500) this.options.onError?.(error);
-      const reply: FieldServerMessage = { type: 'error', code: syncError.code, message: syncError.message };
-      if (ref !== undefined) reply.ref = ref;
-      connection.send(reply);
-    }
-  }
-
-  /** Whether the socket's session is still the same user; closes the socket when it is not. */
-  private async sessionValid(connection: FieldConnection): Promise<boolean> {
-    const { link } = connection;
-    if (!link.request || !this.options.authorize) return true;
-    const user = await resolveUser(this.options.authorize, link.request).catch(() => null);
-    if (user?.id === link.user?.id) return true;
-    connection.send({ type: 'error', code: ErrorCode.Unauthorized, message: 'session ended' });
-    link.socket.close(4401, 'session ended');
-    return false;
+    };
   }
 
   /** The reply, or null when it was already sent (subscribe sends it before any replayed change). */
-  private async dispatch(message: Record<string, unknown>, connection: FieldConnection, ref?: string | number): Promise<FieldReply | null> {
+  protected async dispatch(message: Record<string, unknown>, connection: SyncConnection, ref: Ref): Promise<FieldReply | null> {
     switch (message.type) {
       case 'ping':
         return { type: 'pong', server_time: Date.now(), ...(typeof message.t === 'number' ? { t: message.t } : {}) };
@@ -181,7 +76,7 @@ export class FieldWebSocket {
         return { type: 'latest', ...latest };
       }
       case 'push_fields':
-        return this.pushFields(message, connection.link.user);
+        return this.pushFields(message, connection.user);
       default:
         throw new SyncError(ErrorCode.UnknownMessage, `unknown message type ${JSON.stringify(String(message.type).slice(0, 32))}`);
     }
@@ -202,7 +97,7 @@ export class FieldWebSocket {
       };
     });
     const response = await this.service.push(message.entity, { client_id: message.client_id, changes }, user);
-    this.options.onPush();
+    this.onPush();
     return {
       type: 'push_ack',
       entity: response.entity,
@@ -215,7 +110,7 @@ export class FieldWebSocket {
     };
   }
 
-  private subscribe(connection: FieldConnection, entities: Set<string>, since: number | undefined): void {
+  private subscribe(connection: SyncConnection, entities: Set<string>, since: number | undefined): void {
     connection.unsubscribe?.();
     connection.unsubscribe = null;
     connection.filter = new EntityFilter(entities);
@@ -227,32 +122,9 @@ export class FieldWebSocket {
           const text = batch.messageFor(connection.filter);
           if (text !== null) connection.send(text, !paced);
         },
-        drained: () => connection.link.drained(),
+        drained: () => connection.drained(),
       },
       since,
     );
   }
-
-  private pingAll(): void {
-    for (const connection of this.connections) {
-      if (!connection.link.alive) {
-        connection.link.socket.terminate();
-        continue;
-      }
-      connection.link.alive = false;
-      connection.link.socket.ping();
-    }
-  }
-
-  async close(): Promise<void> {
-    clearInterval(this.heartbeat);
-    for (const connection of this.connections) connection.link.socket.close(1001, 'server shutting down');
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-  }
-}
-
-function optionalCount(value: unknown, name: string): number | undefined {
-  if (value === undefined || value === null) return undefined;
-  if (!Number.isSafeInteger(value) || (value as number) < 0) throw badRequest(`${name} must be a non-negative integer`);
-  return value as number;
 }
