@@ -11,7 +11,7 @@
  */
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
 import type { Ledger, MutationRecord, WriteAction } from './ledger.js';
-import { type Random, sleep } from './random.js';
+import { createShare, type Random, sleep } from './random.js';
 
 /** Same flags as the browser tests (test/browser/browser.ts). */
 const CHROMIUM_ARGS = [
@@ -33,10 +33,13 @@ const ANSWERS_KEY = 'soak:answers';
 
 /**
  * Runs in the page before any of its scripts: records every push answer the
- * client is about to receive. A string, not a function: tsx's transform
- * would wrap a function's inner class in helpers the page does not have.
+ * client is about to receive, and delays the WebSocket ones by a random
+ * `least`..`most` ms while later live batches pass: the window in which a
+ * server sends a live batch before the answer of an earlier push, widened.
+ * A string, not a function: tsx's transform would wrap a function's inner
+ * class in helpers the page does not have.
  */
-const RECORD_ANSWERS = `(() => {
+const answerScript = ([least, most]: [number, number]) => `(() => {
   const key = ${JSON.stringify(ANSWERS_KEY)};
   const record = (results) => {
     if (!Array.isArray(results)) return;
@@ -57,12 +60,24 @@ const RECORD_ANSWERS = `(() => {
       super(url, protocols);
       // Registered before the client's onmessage, so it runs first.
       this.addEventListener('message', (event) => {
+        if (event.soakDelayed) return;
+        let message;
         try {
-          const message = JSON.parse(String(event.data));
-          if (message.type === 'push_ack') record(message.results);
+          message = JSON.parse(String(event.data));
         } catch (error) {
-          // not JSON: not ours to judge
+          return; // not JSON: not ours to judge
         }
+        if (message.type !== 'push_ack') return;
+        record(message.results);
+        if (${most} <= 0) return;
+        event.stopImmediatePropagation();
+        setTimeout(() => {
+          // Closed meanwhile: the answer is lost, as with a dropped connection.
+          if (this.readyState !== NativeWebSocket.OPEN) return;
+          const late = new MessageEvent('message', { data: event.data });
+          late.soakDelayed = true;
+          this.dispatchEvent(late);
+        }, ${least} + Math.random() * ${most - least});
       });
     }
   };
@@ -83,6 +98,10 @@ export interface BrowserBehaviour {
   offline: number;
   offlineMs: [number, number];
   reload: number;
+  /** Rows the writers steer the table towards. */
+  tableRows: number;
+  /** Extra delay of push answers (WebSocket and HTTP), ms (uniform), while live batches run ahead. */
+  answerDelayMs: [number, number];
 }
 
 export const DEFAULT_BROWSER_BEHAVIOUR: BrowserBehaviour = {
@@ -90,6 +109,8 @@ export const DEFAULT_BROWSER_BEHAVIOUR: BrowserBehaviour = {
   offline: 0.03,
   offlineMs: [500, 4000],
   reload: 0.02,
+  tableRows: 20,
+  answerDelayMs: [0, 300],
 };
 
 export interface BrowserStats {
@@ -122,7 +143,24 @@ export class BrowserClient {
 
   async open(): Promise<void> {
     this.context = await this.browser.newContext();
-    await this.context.addInitScript({ content: RECORD_ANSWERS });
+    await this.context.addInitScript({ content: answerScript(this.behaviour.answerDelayMs) });
+    const [least, most] = this.behaviour.answerDelayMs;
+    if (most > 0) {
+      await this.context.route(
+        (url) => url.pathname === '/api/sync/todos',
+        async (route) => {
+          if (route.request().method() !== 'POST') return route.fallback();
+          try {
+            const response = await route.fetch();
+            await sleep(this.random.int(least, most));
+            await route.fulfill({ response });
+          } catch {
+            // the node died under the request: the page sees a network failure
+            await route.abort('connectionreset').catch(() => {});
+          }
+        },
+      );
+    }
     this.page = await this.context.newPage();
     this.page.on('pageerror', () => {
       this.stats.pageErrors++;
@@ -201,12 +239,12 @@ export class BrowserClient {
         .then((rows) => rows.map((row) => String(row.id))),
     )) as string[];
     const roll = this.random.next();
-    const createShare = ids.length < 20 ? 0.7 : ids.length > 60 ? 0.15 : 0.35;
+    const creates = createShare(ids.length, this.behaviour.tableRows);
     let action: WriteAction = 'create';
     let id: string | undefined;
-    if (ids.length > 0 && roll >= createShare) {
+    if (ids.length > 0 && roll >= creates) {
       id = this.random.pick(ids);
-      action = roll < createShare + 0.25 ? 'delete' : 'update';
+      action = roll < creates + 0.25 ? 'delete' : 'update';
     }
     const tag = this.ledger.nextTag(this.name);
     const record: MutationRecord = this.ledger.issue({

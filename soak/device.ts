@@ -31,7 +31,7 @@ import { appendFileSync, existsSync, readFileSync, renameSync, rmSync, writeFile
 import WebSocket from 'ws';
 import type { Change, LiveChangeMessage, PullResponse, PushChange, PushResult, Row, ServerMessage } from '../src/core/protocol.js';
 import type { Ledger, WriteAction } from './ledger.js';
-import { type Random, sleep } from './random.js';
+import { createShare, type Random, sleep } from './random.js';
 
 const ENTITY = 'todos';
 /** Most mutations per push, as the browser client. */
@@ -224,6 +224,13 @@ export interface DeviceBehaviour {
   disconnect: number;
   /** Probability per action of a reload from the durable replica. */
   reload: number;
+  /** Rows the writers steer the table towards (fewer rows, more collisions). */
+  tableRows: number;
+  /**
+   * Extra delay of HTTP push answers, ms (uniform): a slow path for the
+   * answer while the live stream, on another connection, runs ahead.
+   */
+  answerDelayMs: [number, number];
 }
 
 export const DEFAULT_BEHAVIOUR: DeviceBehaviour = {
@@ -232,6 +239,8 @@ export const DEFAULT_BEHAVIOUR: DeviceBehaviour = {
   offlineMs: [300, 4000],
   disconnect: 0.02,
   reload: 0.01,
+  tableRows: 20,
+  answerDelayMs: [0, 300],
 };
 
 export interface DeviceOptions {
@@ -269,6 +278,10 @@ export interface DeviceStats {
   conflicts: number;
   /** Answers for mutation ids the ledger never issued (must stay 0). */
   unknownAnswers: number;
+  /** Pushes that got no answer, by reason (`no reply`, `HTTP 503`, `fetch failed`, `offline`...). */
+  pushFailures: Record<string, number>;
+  /** Milliseconds from sending a push to its answer, for every answered push. */
+  pushMs: number[];
 }
 
 class Abandoned extends Error {
@@ -292,6 +305,8 @@ export class Device {
     pushes: 0,
     conflicts: 0,
     unknownAnswers: 0,
+    pushFailures: {},
+    pushMs: [],
   };
   private readonly journal: Journal;
   private replica: Replica;
@@ -473,17 +488,17 @@ export class Device {
 
   // ------------------------------------------------------------ local writes
 
-  /** One random create, update or delete; the table is kept around a few dozen rows so writes collide. */
+  /** One random create, update or delete; the table is steered towards `tableRows` rows so writes collide. */
   mutateRandomly(): void {
     const ids = [...this.replica.rows.keys()];
     const roll = this.random.next();
-    const createShare = ids.length < 20 ? 0.7 : ids.length > 60 ? 0.15 : 0.35;
-    if (ids.length === 0 || roll < createShare) {
+    const creates = createShare(ids.length, this.behaviour.tableRows);
+    if (ids.length === 0 || roll < creates) {
       this.mutate({ action: 'create', id: randomUUID(), data: { done: false } });
       return;
     }
     const id = this.random.pick(ids) as string;
-    if (roll < createShare + 0.25) this.mutate({ action: 'delete', id, data: null });
+    if (roll < creates + 0.25) this.mutate({ action: 'delete', id, data: null });
     else this.mutate({ action: 'update', id, data: { done: this.random.chance(0.5) } });
   }
 
@@ -823,6 +838,9 @@ export class Device {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify(body),
     });
+    // The answer travels on its own connection, the live stream on another: it may arrive late.
+    const [least, most] = this.behaviour.answerDelayMs;
+    if (most > 0) await sleep(this.random.int(least, most));
     if (answer.ok) return (answer.body as { results: PushResult[] }).results;
     const error = (answer.body as { error?: { code?: string; message?: string } } | null)?.error;
     throw refused(error?.message ?? `HTTP ${answer.status}`, REFUSED.test(error?.code ?? String(answer.status)));
@@ -857,6 +875,7 @@ export class Device {
           let results: PushResult[];
           try {
             this.stats.pushes++;
+            const sent = Date.now();
             results = await this.send(
               batch.map(({ mutation_id, id, action, data, base_version, timestamp }) => ({
                 mutation_id,
@@ -867,6 +886,7 @@ export class Device {
                 timestamp,
               })),
             );
+            this.stats.pushMs.push(Date.now() - sent);
           } catch (error) {
             if (epoch !== this.epoch) return;
             if (!(error as { rejected?: boolean }).rejected) throw error;
@@ -894,8 +914,10 @@ export class Device {
         }
       }
       this.flushAttempt = 0;
-    } catch {
+    } catch (error) {
       if (epoch !== this.epoch) return;
+      const reason = (error as Error).message.replace(/\s+/g, ' ').slice(0, 60);
+      this.stats.pushFailures[reason] = (this.stats.pushFailures[reason] ?? 0) + 1;
       // Offline, server down, 5xx...: keep everything and try again later.
       this.flushAgain = false;
       this.flushTimer = setTimeout(() => void this.flush(), this.backoff(this.flushAttempt++));

@@ -10,14 +10,15 @@
  * convergence wait by `settleTimeoutMs`; every child process and browser is
  * stopped in `finally`.
  */
+import { setMaxListeners } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser } from 'playwright-core';
 import { AppWriter } from './app-writer.js';
-import { BrowserClient, launchChromium } from './browsers.js';
+import { BrowserClient, DEFAULT_BROWSER_BEHAVIOUR, launchChromium } from './browsers.js';
 import { postgresDatabase, type SoakDatabase, sqliteDatabase, type TodoRow } from './database.js';
-import { Device } from './device.js';
+import { DEFAULT_BEHAVIOUR, Device } from './device.js';
 import { Ledger } from './ledger.js';
 import { freePort, ServerNode } from './nodes.js';
 import { Random, sleep } from './random.js';
@@ -38,6 +39,8 @@ export interface SoakOptions {
   killEveryMs: [number, number];
   /** How long a killed node stays down before its restart, ms (uniform). */
   downMs: [number, number];
+  /** Rows the writers steer the table towards: fewer rows, more writers colliding on one row. */
+  tableRows: number;
   /** Also write through the demo's htmx routes. */
   appWriter: boolean;
   /** Devices hold server changes while a push is in flight, as the browser client does; false replays the client before that fix. */
@@ -60,6 +63,7 @@ export const DEFAULT_OPTIONS: SoakOptions = {
   seed: 1,
   killEveryMs: [3_000, 9_000],
   downMs: [200, 2_000],
+  tableRows: 20,
   appWriter: true,
   holdDuringPush: true,
   settleTimeoutMs: 120_000,
@@ -85,6 +89,10 @@ export interface SoakReport extends Verdict {
   fixedByPull: number;
   /** Answers for mutation ids no participant issued (must be 0). */
   unknownAnswers: number;
+  /** Device pushes that got no answer, by reason. */
+  pushFailures: Record<string, number>;
+  /** Device push round trips (send to answer), ms: median, 99th percentile, maximum. */
+  pushMs: { p50: number; p99: number; max: number };
   /** The last lines of the servers' stderr, for a failed run. */
   serverErrors: string[];
 }
@@ -109,6 +117,8 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
   const browsers: BrowserClient[] = [];
   let chromium: Browser | null = null;
   const stop = new AbortController();
+  // Every participant sleeps on this one signal.
+  setMaxListeners(1_000, stop.signal);
   const started = Date.now();
   try {
     for (let index = 0; index < options.nodes; index++) {
@@ -130,6 +140,7 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
         journalPath: index % 2 === 0 ? join(work, `d${index}.jsonl`) : null,
         transport: (['websocket', 'sse', 'random'] as const)[index % 3] as 'websocket' | 'sse' | 'random',
         holdDuringPush: options.holdDuringPush,
+        behaviour: { ...DEFAULT_BEHAVIOUR, tableRows: options.tableRows },
       });
       device.start();
       devices.push(device);
@@ -137,7 +148,10 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
     if (options.browsers > 0) {
       chromium = await launchChromium();
       for (let index = 0; index < options.browsers; index++) {
-        const client = new BrowserClient(`b${index}`, chromium, nodes[index % nodes.length] as ServerNode, ledger, random.fork());
+        const client = new BrowserClient(`b${index}`, chromium, nodes[index % nodes.length] as ServerNode, ledger, random.fork(), {
+          ...DEFAULT_BROWSER_BEHAVIOUR,
+          tableRows: options.tableRows,
+        });
         await client.open();
         browsers.push(client);
       }
@@ -238,6 +252,11 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
         (total, stats) => total + stats.unknownAnswers,
         0,
       ),
+      pushFailures: devices.reduce<Record<string, number>>((total, device) => {
+        for (const [reason, count] of Object.entries(device.stats.pushFailures)) total[reason] = (total[reason] ?? 0) + count;
+        return total;
+      }, {}),
+      pushMs: percentiles(devices.flatMap((device) => device.stats.pushMs)),
       serverErrors: nodes.flatMap((node) => node.stderr),
     };
   } finally {
@@ -269,6 +288,12 @@ async function killNodes(
     await sleep(random.int(options.downMs[0], options.downMs[1]));
     await Promise.all(victims.map((node) => node.start()));
   }
+}
+
+function percentiles(values: number[]): { p50: number; p99: number; max: number } {
+  const sorted = [...values].sort((a, b) => a - b);
+  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
+  return { p50: at(0.5), p99: at(0.99), max: sorted[sorted.length - 1] ?? 0 };
 }
 
 /** Poll `check` every 250 ms until it holds or `ms` passed; resolves with whether it held. `report` is set every 10 s. */

@@ -39,6 +39,15 @@ export class Random {
   }
 }
 
+/**
+ * Share of creates among a participant's writes, steering the table towards
+ * `target` rows: the smaller the table, the more often writers collide on a
+ * row (conflicts, and answers racing newer changes of the row).
+ */
+export function createShare(rows: number, target: number): number {
+  return rows < target / 2 ? 0.7 : rows > target * 1.5 ? 0.15 : 0.35;
+}
+
 /** Resolves after `ms`, or at once when `signal` aborts. */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {

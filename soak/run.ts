@@ -7,10 +7,12 @@
  *   --browsers 2                   headless Chromium pages on the demo
  *   --nodes N                      server processes (default 1 on SQLite, 3 on PostgreSQL)
  *   --runs 1                       runs per store (seed, seed+1, ...)
+ *   --rows 20                      rows the writers steer the table towards (fewer: more collisions)
  *   --seed 1
  *   --no-app                       no writes through the demo's htmx routes
  *   --no-hold                      devices apply server changes while a push is in flight, as the
  *                                  browser client did before src/client/push-gate.ts (shows that bug)
+ *   --client-dir dir               serve the browsers this client build (rhtmx-sync.js) instead of dist/client
  *   --json path                    also write every report as JSON
  *
  * Prints the figures of each run and exits with 1 when any run lost,
@@ -32,6 +34,8 @@ interface Cli {
   seed: number;
   appWriter: boolean;
   holdDuringPush: boolean;
+  tableRows: number;
+  clientDir: string | null;
   json: string | null;
 }
 
@@ -53,6 +57,8 @@ function parseArgs(argv: string[]): Cli {
     seed: 1,
     appWriter: true,
     holdDuringPush: true,
+    tableRows: 20,
+    clientDir: null,
     json: null,
   };
   const count = (name: string, value: string | undefined, min: number) => {
@@ -92,8 +98,14 @@ function parseArgs(argv: string[]): Cli {
       case '--no-app':
         cli.appWriter = false;
         break;
+      case '--rows':
+        cli.tableRows = count('rows', value(), 1);
+        break;
       case '--no-hold':
         cli.holdDuringPush = false;
+        break;
+      case '--client-dir':
+        cli.clientDir = value() ?? null;
         break;
       case '--json':
         cli.json = value() ?? null;
@@ -101,7 +113,7 @@ function parseArgs(argv: string[]): Cli {
       case '--help':
       case '-h':
         console.log(
-          'npm run soak -- [--store sqlite|postgres|both] [--duration 120] [--clients 12] [--browsers 2] [--nodes N] [--runs 1] [--seed 1] [--no-app] [--no-hold] [--json file]',
+          'npm run soak -- [--store sqlite|postgres|both] [--duration 120] [--clients 12] [--browsers 2] [--nodes N] [--runs 1] [--rows 20] [--seed 1] [--no-app] [--no-hold] [--client-dir dir] [--json file]',
         );
         process.exit(0);
         break;
@@ -136,6 +148,15 @@ const ROWS: Array<[string, (report: SoakReport) => string | number]> = [
   ['server kills (SIGKILL) / restarts', (r) => `${r.kills} / ${r.restarts}`],
   ['reloads / offline periods / disconnects', (r) => `${r.reloads} / ${r.offlinePeriods} / ${r.disconnects}`],
   ['final rows / log entries', (r) => `${r.serverRows} / ${r.logEntries}`],
+  ['device push round trip p50 / p99 / max (ms)', (r) => `${r.pushMs.p50} / ${r.pushMs.p99} / ${r.pushMs.max}`],
+  [
+    'device pushes without an answer',
+    (r) =>
+      Object.entries(r.pushFailures)
+        .sort((a, b) => b[1] - a[1])
+        .map(([reason, count]) => `${count} ${reason}`)
+        .join(', ') || '0',
+  ],
 ];
 
 function printReport(report: SoakReport): void {
@@ -143,7 +164,7 @@ function printReport(report: SoakReport): void {
   for (const [label, value] of ROWS) console.log(`  ${label.padEnd(width)}  ${value(report)}`);
   console.log(`  ${'verdict'.padEnd(width)}  ${passed(report) ? 'PASS' : 'FAIL'}`);
   for (const finding of report.findings) console.log(`    ${finding.kind}: ${finding.detail}`);
-  if (!passed(report) && report.serverErrors.length > 0) {
+  if (report.serverErrors.length > 0) {
     console.log('  server stderr (last lines):');
     for (const line of report.serverErrors) console.log(`    ${line}`);
   }
@@ -152,7 +173,8 @@ function printReport(report: SoakReport): void {
 async function main(): Promise<void> {
   const cli = parseArgs(process.argv.slice(2));
   // The browsers load the client the demo serves from dist/client: build it from the current source.
-  if (cli.browsers > 0) execFileSync(process.execPath, [join(ROOT, 'scripts/build.mjs'), '--client-only'], { cwd: ROOT, stdio: 'inherit' });
+  if (cli.browsers > 0 && !cli.clientDir)
+    execFileSync(process.execPath, [join(ROOT, 'scripts/build.mjs'), '--client-only'], { cwd: ROOT, stdio: 'inherit' });
   const started = Date.now();
   const log = (line: string) => console.log(`[soak ${String(Math.round((Date.now() - started) / 1000)).padStart(4)}s] ${line}`);
   const reports: SoakReport[] = [];
@@ -170,6 +192,8 @@ async function main(): Promise<void> {
         browsers: cli.browsers,
         appWriter: cli.appWriter,
         holdDuringPush: cli.holdDuringPush,
+        tableRows: cli.tableRows,
+        clientDir: cli.clientDir ?? undefined,
         log,
       });
       reports.push(report);
