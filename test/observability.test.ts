@@ -66,10 +66,14 @@ describe('metrics, Prometheus, tracing and logging', () => {
     prometheus.stop();
   });
 
-  test('pull and push run inside OpenTelemetry spans', async () => {
+  test('pull, push and fan-out run inside OpenTelemetry spans', async () => {
     exporter.reset();
     await fetch(`${server.url}/api/sync/todos?since=0`);
     await postJson(`${server.url}/api/sync/todos`, { changes: [{ id: 't1', action: 'create', data: { title: 't', done: false } }] });
+    await server.engine.fannedOut(await server.engine.currentVersion());
+    const fanout = await waitFor(() => exporter.getFinishedSpans().find((span) => span.name === 'rhtmx.fanout'));
+    assert.equal(fanout.attributes['rhtmx.type'], 'change');
+    assert.ok(Number(fanout.attributes['rhtmx.changes']) >= 1);
     const spans = exporter.getFinishedSpans();
     const pull = spans.find((span) => span.name === 'rhtmx.pull');
     const push = spans.find((span) => span.name === 'rhtmx.push');

@@ -12,6 +12,7 @@
  */
 import type { Change } from './protocol.js';
 import type { Store } from './store.js';
+import { tracedSync } from './tracing.js';
 
 /** What a hub fans out: anything with an entity and a log version. */
 export interface Versioned {
@@ -230,7 +231,9 @@ export class ChangeHub<T extends Versioned = Change> {
           const batch = new LiveBatch(this.version, page.version, page.changes, this.source.messageType);
           this.version = page.version;
           const started = performance.now();
-          this.publish(batch);
+          tracedSync('fanout', { type: this.source.messageType, changes: batch.changes.length, subscribers: this.subscribers.size }, () =>
+            this.publish(batch),
+          );
           this.publishedAt = performance.now();
           this.onPublished(batch.changes.length, (this.publishedAt - started) / 1000);
           if (page.hasMore) this.wakeAgain = true;

@@ -45,3 +45,20 @@ export async function traced<T>(name: string, attributes: Record<string, string 
     }
   });
 }
+
+/** The synchronous twin of `traced`, for hot paths that must not yield (fan-out). */
+export function tracedSync<T>(name: string, attributes: Record<string, string | number>, fn: () => T): T {
+  if (!tracer) return fn();
+  return tracer.startActiveSpan(`rhtmx.${name}`, (span) => {
+    for (const [key, value] of Object.entries(attributes)) span.setAttribute(`rhtmx.${key}`, value);
+    try {
+      return fn();
+    } catch (error) {
+      span.recordException(error);
+      span.setStatus({ code: 2, message: (error as Error).message });
+      throw error;
+    } finally {
+      span.end();
+    }
+  });
+}
