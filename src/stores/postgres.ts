@@ -701,6 +701,21 @@ export class PostgresStore implements Store {
     }
     // Logged rows carry the client id as the client knows it (the bookkeeping key may be per user).
     await client.query(`SELECT set_config('${CLIENT_SETTING}', $1, true)`, [batch.origin ?? batch.clientId ?? '']);
+    // Lock every existing row of the batch now, in key order. Locked one by one in batch order, two
+    // pushes (or a push and the app's own UPDATE) writing overlapping rows in different orders deadlock,
+    // and PostgreSQL only breaks that after deadlock_timeout (1 s) by killing one of them.
+    const ids = [...new Set(batch.changes.flatMap((change) => (change.id === null ? [] : [change.id])))];
+    if (ids.length > 1) {
+      await client.query('SAVEPOINT rhtmx_lock');
+      try {
+        await client.query(`SELECT 1 FROM ${entity.table} t WHERE t.${entity.key} = ANY($1) ORDER BY t.${entity.key} FOR UPDATE`, [ids]);
+        await client.query('RELEASE SAVEPOINT rhtmx_lock');
+      } catch (error) {
+        // An id the key type refuses (e.g. text for an integer key): that change is rejected on its own below.
+        if (!isChangeError(error)) throw error;
+        await client.query('ROLLBACK TO SAVEPOINT rhtmx_lock');
+      }
+    }
     let highestMutation = lastApplied ?? -1;
     const results: AppliedChange[] = [];
     for (const [index, change] of batch.changes.entries()) {
