@@ -95,6 +95,8 @@ export interface SoakReport extends Verdict {
   pushMs: { p50: number; p99: number; max: number };
   /** The last lines of the servers' stderr, for a failed run. */
   serverErrors: string[];
+  /** What the servers wrote to stderr, first line of each message, with how often (all nodes). */
+  serverStderr: Record<string, number>;
 }
 
 /** True when the run kept every promise. */
@@ -258,6 +260,10 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
       }, {}),
       pushMs: percentiles(devices.flatMap((device) => device.stats.pushMs)),
       serverErrors: nodes.flatMap((node) => node.stderr),
+      serverStderr: nodes.reduce<Record<string, number>>((total, node) => {
+        for (const [line, count] of node.headlines) total[line] = (total[line] ?? 0) + count;
+        return total;
+      }, {}),
     };
   } finally {
     stop.abort();

@@ -40,6 +40,8 @@ export class ServerNode {
   kills = 0;
   /** The last lines the node wrote to stderr, across restarts. */
   readonly stderr: string[] = [];
+  /** First lines of what the node wrote to stderr (an error's message, not its stack), with how often. */
+  readonly headlines = new Map<string, number>();
   private child: ChildProcess | null = null;
   private exited: Promise<void> = Promise.resolve();
 
@@ -100,6 +102,10 @@ export class ServerNode {
     child.stderr?.on('data', (chunk: string) => {
       for (const line of chunk.split('\n')) {
         if (!line.trim()) continue;
+        if (/^[^\s}\]]/.test(line)) {
+          const headline = line.slice(0, 160);
+          this.headlines.set(headline, (this.headlines.get(headline) ?? 0) + 1);
+        }
         this.stderr.push(`[node ${this.index}] ${line}`);
         if (this.stderr.length > STDERR_LINES) this.stderr.shift();
       }

@@ -164,7 +164,10 @@ function printReport(report: SoakReport): void {
   for (const [label, value] of ROWS) console.log(`  ${label.padEnd(width)}  ${value(report)}`);
   console.log(`  ${'verdict'.padEnd(width)}  ${passed(report) ? 'PASS' : 'FAIL'}`);
   for (const finding of report.findings) console.log(`    ${finding.kind}: ${finding.detail}`);
-  if (report.serverErrors.length > 0) {
+  const stderr = Object.entries(report.serverStderr).sort((a, b) => b[1] - a[1]);
+  if (stderr.length > 0) console.log('  server stderr (first line of each message, how often):');
+  for (const [line, count] of stderr.slice(0, 10)) console.log(`    ${count}× ${line}`);
+  if (!passed(report) && report.serverErrors.length > 0) {
     console.log('  server stderr (last lines):');
     for (const line of report.serverErrors) console.log(`    ${line}`);
   }
