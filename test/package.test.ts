@@ -17,7 +17,7 @@ const repo = join(dirname(fileURLToPath(import.meta.url)), '..');
 const PG_ADMIN = 'postgres://postgres@127.0.0.1:5432/postgres';
 
 /** One app per adapter: serves /hello itself and mounts the engine; prints the port when listening. */
-const APP = String.raw`
+const APP = `
 import http from 'node:http';
 import Database from 'better-sqlite3';
 import pg from 'pg';

@@ -483,7 +483,10 @@ export class SqliteStore implements Store {
 
   async countRows(entity: string): Promise<number> {
     const { schema } = this.entity(entity);
-    return this.db.prepare(`SELECT COUNT(*) FROM ${quoteIdent(schema.table)}`).pluck().get() as number;
+    return this.db
+      .prepare(`SELECT COUNT(*) FROM ${quoteIdent(schema.table)}`)
+      .pluck()
+      .get() as number;
   }
 
   async logSize(): Promise<number> {
