@@ -44,7 +44,16 @@ import {
   type RowWriteCheck,
   type WriteStamp,
 } from '../field/store.js';
-import { CLIENT_SETTING, describeWriteError, HLC_SETTING, isChangeError, isRetryable, LOG_TABLE, rowJsonBuilder } from './postgres.js';
+import {
+  CLIENT_SETTING,
+  describeWriteError,
+  HLC_SETTING,
+  isChangeError,
+  isRetryable,
+  LOG_TABLE,
+  lockClient,
+  rowJsonBuilder,
+} from './postgres.js';
 
 export const FIELD_VERSIONS_TABLE = '_rhtmx_field_versions';
 /** Last applied field mutation per client; separate from entity pushes so the two id sequences never collide. */
@@ -302,17 +311,7 @@ export class PostgresFieldStore implements FieldStore {
   }
 
   private async pushIn(client: PoolClient, entity: PreparedFieldEntity, batch: FieldPushBatch): Promise<FieldOutcome[]> {
-    let lastApplied: number | null = null;
-    if (batch.clientId !== null) {
-      // The upsert locks the client's row: one client's concurrent pushes apply one after the other.
-      const { rows } = await client.query<{ last: string }>(
-        `INSERT INTO ${this.names.clients} (client_id, last_mutation_id) VALUES ($1, -1)
-           ON CONFLICT (client_id) DO UPDATE SET client_id = EXCLUDED.client_id
-           RETURNING last_mutation_id AS last`,
-        [batch.clientId],
-      );
-      lastApplied = Number(rows[0]?.last ?? -1);
-    }
+    const lastApplied = batch.clientId === null ? null : await lockClient(client, this.names.clients, batch.clientId);
     const origin = batch.origin !== undefined ? batch.origin : batch.clientId;
     await client.query(`SELECT set_config('${CLIENT_SETTING}', $1, true)`, [origin ?? '']);
     const isDuplicate = (change: FieldWrite) => lastApplied !== null && change.mutationId !== null && change.mutationId <= lastApplied;

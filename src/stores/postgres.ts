@@ -687,18 +687,7 @@ export class PostgresStore implements Store {
   }
 
   private async pushIn(client: PoolClient, entity: PreparedEntity, batch: PushBatch): Promise<AppliedChange[]> {
-    let lastApplied: number | null = null;
-    if (batch.clientId !== null) {
-      // The upsert locks the client's row: concurrent pushes of one client are applied one after the other,
-      // and a retried push sees the mutation id the first one recorded.
-      const { rows } = await client.query<{ last: string }>(
-        `INSERT INTO ${this.names.clients} (client_id, last_mutation_id) VALUES ($1, -1)
-           ON CONFLICT (client_id) DO UPDATE SET client_id = EXCLUDED.client_id
-           RETURNING last_mutation_id AS last`,
-        [batch.clientId],
-      );
-      lastApplied = Number(rows[0]?.last ?? -1);
-    }
+    const lastApplied = batch.clientId === null ? null : await lockClient(client, this.names.clients, batch.clientId);
     // Logged rows carry the client id as the client knows it (the bookkeeping key may be per user).
     await client.query(`SELECT set_config('${CLIENT_SETTING}', $1, true)`, [batch.origin ?? batch.clientId ?? '']);
     // Lock every existing row of the batch now, in key order. Locked one by one in batch order, two
@@ -1157,6 +1146,22 @@ export function rowJsonBuilder(schema: TableSchema): (alias: string) => string {
     }
     return `(${parts.join(' || ')})`;
   };
+}
+
+/**
+ * Lock a client's exactly-once row (created when missing) and return its last
+ * applied mutation id (-1 when none). The upsert's row lock makes concurrent
+ * pushes of one client apply one after the other, and a retried push sees the
+ * mutation id the first one recorded.
+ */
+export async function lockClient(client: PoolClient, table: string, clientId: string): Promise<number> {
+  const { rows } = await client.query<{ last: string }>(
+    `INSERT INTO ${table} (client_id, last_mutation_id) VALUES ($1, -1)
+       ON CONFLICT (client_id) DO UPDATE SET client_id = EXCLUDED.client_id
+       RETURNING last_mutation_id AS last`,
+    [clientId],
+  );
+  return Number(rows[0]?.last ?? -1);
 }
 
 export function isChangeError(error: unknown): boolean {
