@@ -6,6 +6,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +18,39 @@ import { LISTEN_APPLICATION_NAME } from '../src/stores/postgres.js';
 
 /** Maintenance database used to create and drop test databases. */
 export const PG_ADMIN_URL = process.env.RHTMX_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
+/** Connection errors that mean "no server there" (rather than a failing query). */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'EAI_AGAIN', 'ENOENT']);
+
+function isUnreachable(error: unknown): boolean {
+  if (error instanceof AggregateError) return error.errors.some(isUnreachable);
+  return UNREACHABLE.has((error as { code?: string } | null)?.code ?? '');
+}
+
+/** The one line a PostgreSQL test fails with when no server answers (no skip: the suite needs it). */
+export function pgUnreachableMessage(url = PG_ADMIN_URL): string {
+  const { hostname, port } = new URL(url);
+  let versions: string[] = [];
+  try {
+    versions = readdirSync('/etc/postgresql').sort((a, b) => Number(b) - Number(a));
+  } catch {}
+  const start = versions.length
+    ? `pg_ctlcluster ${versions[0]} main start`
+    : 'apt-get install postgresql, then pg_ctlcluster <version> main start';
+  return `PostgreSQL is not answering on ${hostname || 'its socket'}:${port || 5432}: start it (Debian: ${start})`;
+}
+
+/** client.connect(), failing with pgUnreachableMessage() (and no stack) when no server answers. */
+async function connectClient(client: pg.Client, url: string): Promise<void> {
+  try {
+    await client.connect();
+  } catch (error) {
+    if (!isUnreachable(error)) throw error;
+    const clear = new Error(pgUnreachableMessage(url));
+    clear.stack = clear.message; // the one line is the whole story: no stack, no cause
+    throw clear;
+  }
+}
 
 export const PG_TODOS_SQL = `CREATE TABLE IF NOT EXISTS todos (
   id TEXT PRIMARY KEY,
@@ -70,7 +104,7 @@ function databaseUrl(name: string): string {
 export async function createTestDatabase(setupSql: string | null = PG_TODOS_SQL): Promise<TestDatabase> {
   const name = `rhtmx_test_${randomBytes(6).toString('hex')}`;
   const admin = new pg.Client({ connectionString: PG_ADMIN_URL });
-  await admin.connect();
+  await connectClient(admin, PG_ADMIN_URL);
   try {
     await admin.query(`CREATE DATABASE ${name}`);
   } finally {
@@ -91,7 +125,7 @@ export async function createTestDatabase(setupSql: string | null = PG_TODOS_SQL)
       disposed = true;
       await pool.end().catch(() => {});
       const drop = new pg.Client({ connectionString: PG_ADMIN_URL });
-      await drop.connect();
+      await connectClient(drop, PG_ADMIN_URL);
       try {
         await drop.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
       } finally {
@@ -104,7 +138,7 @@ export async function createTestDatabase(setupSql: string | null = PG_TODOS_SQL)
 /** Run one statement on a brand-new connection, as another process (psql) would. */
 export async function rawSql(url: string, sql: string, params: unknown[] = []): Promise<pg.QueryResult> {
   const client = new pg.Client({ connectionString: url });
-  await client.connect();
+  await connectClient(client, url);
   try {
     return await client.query(sql, params);
   } finally {
@@ -116,7 +150,7 @@ export async function rawSql(url: string, sql: string, params: unknown[] = []): 
 export async function connect(url: string): Promise<pg.Client> {
   const client = new pg.Client({ connectionString: url });
   client.on('error', () => {});
-  await client.connect();
+  await connectClient(client, url);
   return client;
 }
 

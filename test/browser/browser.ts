@@ -1,6 +1,7 @@
 /**
  * Shared headless Chromium launcher for the browser tests (Debian's
- * chromium, driven by playwright-core; nothing is downloaded).
+ * chromium, driven by playwright-core; nothing is downloaded). $CHROMIUM_PATH
+ * picks another binary; scripts/preflight.mjs checks (or installs) it first.
  */
 import { type Browser, chromium, type Page } from 'playwright-core';
 
@@ -15,8 +16,13 @@ export const CHROMIUM_ARGS = [
   '--disable-sync',
 ];
 
+/** The Chromium the browser tests launch: $CHROMIUM_PATH when set (and not empty), else Debian's. */
+export function chromiumPath(): string {
+  return process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+}
+
 export function launchBrowser(): Promise<Browser> {
-  return chromium.launch({ executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
+  return chromium.launch({ executablePath: chromiumPath(), args: CHROMIUM_ARGS });
 }
 
 /** Print the page's console and errors when RHTMX_BROWSER_LOG is set (debugging failing tests). */
