@@ -5,7 +5,6 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { ConnectionLimiter } from './core/access.js';
 import {
   DEFAULT_LIMITS,
   type FieldMergeStrategy,
@@ -16,7 +15,7 @@ import {
   type SyncLimits,
   type SyncLogger,
 } from './core/config.js';
-import { SyncError } from './core/errors.js';
+import { SyncError, toSyncError } from './core/errors.js';
 import { HybridClock } from './core/hlc.js';
 import { ChangeHub, storeSource } from './core/hub.js';
 import { type MetricsSnapshot, SyncMetrics } from './core/metrics.js';
@@ -28,6 +27,7 @@ import {
   type PushResponse,
   type SchemaResponse,
 } from './core/protocol.js';
+import { LiveSessions } from './core/sessions.js';
 import type { Store } from './core/store.js';
 import { SyncService } from './core/sync-service.js';
 import { loadTracing } from './core/tracing.js';
@@ -35,6 +35,7 @@ import type { FieldSyncModule } from './field/index.js';
 import { ClientAssets } from './transports/assets.js';
 import { errorResponse, HttpRoutes } from './transports/http.js';
 import { sendWebResponse, toWebRequest } from './transports/node.js';
+import { absorbErrors, refuseUpgrade } from './transports/refuse.js';
 import { WebSocketTransport } from './transports/websocket.js';
 
 function consoleLogger(debug: boolean): SyncLogger {
@@ -51,6 +52,7 @@ function consoleLogger(debug: boolean): SyncLogger {
 /** Anything that emits Node's `upgrade` event: http.Server, https.Server, the servers of Express, Hono and Fastify. */
 export interface UpgradeSource {
   on(event: 'upgrade', listener: (request: IncomingMessage, socket: Duplex, head: Buffer) => void): unknown;
+  listenerCount?(event: 'upgrade'): number;
 }
 
 /** Methods of a pino-style logger keep their `this`. */
@@ -85,6 +87,7 @@ export class SyncEngine {
     http: HttpRoutes;
     ws: WebSocketTransport;
     field: FieldSyncModule | null;
+    sessions: LiveSessions;
   } | null = null;
   private closed = false;
 
@@ -136,8 +139,13 @@ export class SyncEngine {
     const onError = (error: unknown) => this.logger.error({ err: error }, 'rhtmx-sync: internal error');
     const hub = new ChangeHub(storeSource(store), { onError, onPublished: (changes, seconds) => metrics.recordFanout(changes, seconds) });
     await hub.start();
-    const limiter = new ConnectionLimiter(this.limits.maxConnectionsPerUser);
-    const access = { authorize: this.options.authorize, allowedOrigins: this.options.allowedOrigins, limiter };
+    const sessions = new LiveSessions(this.limits.maxConnectionsPerUser, this.options.rightsRecheckMs ?? 5_000);
+    const access = {
+      authorize: this.options.authorize,
+      allowedOrigins: this.options.allowedOrigins,
+      allowedHosts: this.options.allowedHosts,
+      sessions,
+    };
     let field: FieldSyncModule | null = null;
     if (this.fieldStrategy !== null) {
       const { createFieldSync } = await import('./field/index.js');
@@ -169,13 +177,13 @@ export class SyncEngine {
       heartbeatMs: this.options.heartbeatMs ?? 30_000,
       onError,
     });
-    this.state = { store, service, hub, http, ws, field };
+    this.state = { store, service, hub, http, ws, field, sessions };
     this.logger.debug({ entities: service.entityNames, dialect: store.dialect }, 'rhtmx-sync: ready');
   }
 
   private async running() {
     await this.ready;
-    if (!this.state || this.closed) throw new SyncError(ErrorCode.Internal, 'sync engine is closed', 503);
+    if (!this.state || this.closed) throw new SyncError(ErrorCode.Unavailable, 'sync engine is closed', 503);
     return this.state;
   }
 
@@ -191,7 +199,7 @@ export class SyncEngine {
       const { http } = await this.running();
       return await http.handle(request);
     } catch (error) {
-      return errorResponse(error instanceof SyncError ? error : new SyncError(ErrorCode.Internal, 'sync engine unavailable', 503));
+      return errorResponse(error instanceof SyncError ? error : new SyncError(ErrorCode.Unavailable, 'sync engine unavailable', 503));
     }
   }
 
@@ -207,31 +215,60 @@ export class SyncEngine {
   handleNode = async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
     const path = ((req as { originalUrl?: string }).originalUrl ?? req.url ?? '/').split('?')[0] ?? '/';
     if (!this.matches(path)) return false;
-    const response = await this.handle(toWebRequest(req, res));
+    let request: Request;
+    try {
+      request = toWebRequest(req, res);
+    } catch (error) {
+      // A malformed Host or target: a 400 with a message, never a stack trace.
+      await sendWebResponse(res, errorResponse(toSyncError(error)), req);
+      return true;
+    }
+    const response = await this.handle(request);
     if (response) await sendWebResponse(res, response, req);
     return response !== null;
   };
 
-  /** Route WebSocket upgrades for the engine's paths on this server. */
+  /**
+   * Route WebSocket upgrades for the engine's paths on this server. An upgrade
+   * for any other path is the app's when it listens for upgrades too; when the
+   * engine is the only listener, it answers 404 (a socket left unanswered
+   * would stay open, and a reset on it would have no error listener).
+   */
   attach(server: UpgradeSource): this {
-    server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
-      this.handleUpgrade(request, socket, head);
-    });
+    const listener = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (this.handleUpgrade(request, socket, head)) return;
+      if (typeof server.listenerCount === 'function' && server.listenerCount('upgrade') > 1) return;
+      refuseUpgrade(socket, new SyncError(ErrorCode.NotFound, 'no WebSocket at this path', 404));
+    };
+    server.on('upgrade', listener);
     return this;
   }
 
-  /** Take over an upgrade for the engine's WebSocket paths; returns false for other paths. */
+  /**
+   * Take over an upgrade for the engine's paths; returns false for other paths.
+   * Whatever the request and whenever the client resets, the answer is a 4xx/5xx
+   * on the socket or a WebSocket: nothing here throws.
+   */
   handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): boolean {
     const path = (request.url ?? '').split('?')[0] ?? '';
     if (!this.matches(path)) return false;
-    void this.running().then(
-      ({ ws, field }) => {
-        if (!ws.handleUpgrade(request, socket, head) && !field?.handleUpgrade(request, socket, head)) {
-          socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
-        }
-      },
-      () => socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n'),
-    );
+    // Node stops listening for errors on an upgraded socket: a reset before we answer must not crash.
+    absorbErrors(socket);
+    this.running()
+      .then(
+        ({ ws, field }) => {
+          if (ws.owns(request)) ws.handleUpgrade(request, socket, head);
+          else if (!field?.handleUpgrade(request, socket, head)) {
+            refuseUpgrade(socket, new SyncError(ErrorCode.NotFound, `no WebSocket at ${path.slice(0, 100)}`, 404));
+          }
+        },
+        (error: unknown) =>
+          refuseUpgrade(socket, error instanceof SyncError ? error : new SyncError(ErrorCode.Unavailable, 'sync engine unavailable', 503)),
+      )
+      .catch((error: unknown) => {
+        this.logger.error({ err: error }, 'rhtmx-sync: upgrade failed');
+        refuseUpgrade(socket, toSyncError(error));
+      });
     return true;
   }
 
@@ -275,22 +312,42 @@ export class SyncEngine {
     this.state?.hub.wake();
   }
 
-  /** Live connection counts by transport (`live` counts hub subscriptions of both). */
-  connections(): { websocket: number; sse: number; live: number } {
+  /**
+   * Live connection counts: open WebSockets (entity and field) and SSE streams,
+   * hub subscriptions (`live`), and connections still being admitted
+   * (`admitting`: authorize running, handshake not done).
+   */
+  connections(): { websocket: number; sse: number; live: number; admitting: number } {
+    const state = this.state;
+    if (!state) return { websocket: 0, sse: 0, live: 0, admitting: 0 };
+    const field = state.field?.counts() ?? { websocket: 0, live: 0 };
     return {
-      websocket: this.state?.ws.connectionCount ?? 0,
-      sse: this.state?.http.sseStreams ?? 0,
-      live: this.state?.hub.subscriberCount ?? 0,
+      websocket: state.sessions.count('websocket'),
+      sse: state.sessions.count('sse'),
+      live: state.hub.subscriberCount + field.live,
+      admitting: state.sessions.admitting,
     };
+  }
+
+  /**
+   * The app changed a user's rights (role, membership) or ended their session:
+   * re-check every open connection of `userId` now (all connections when
+   * omitted) instead of at the next `rightsRecheckMs` tick. Connections whose
+   * session ended close (WebSocket 4401/4403); the others continue under the
+   * new rights. Resolves once every re-check is done.
+   */
+  async refreshRights(userId?: string): Promise<void> {
+    await (await this.running()).sessions.refresh(userId);
   }
 
   /** Counters and gauges of this node: connections, change rate, fan-out time, push outcomes, log size, lag. */
   async metrics(): Promise<MetricsSnapshot> {
-    const { store, service, hub, ws, http } = await this.running();
+    const { store, service, hub } = await this.running();
     const recorded = service.metrics;
     const [latestVersion, logSize] = await Promise.all([store.currentVersion(), store.logSize()]);
+    const { websocket, sse } = this.connections();
     return {
-      connections: { websocket: ws.connectionCount, sse: http.sseStreams },
+      connections: { websocket, sse },
       changesFannedOut: recorded.changesFannedOut,
       changesPerSecond: recorded.changesPerSecond(),
       pushOutcomes: { ...recorded.pushOutcomes },
@@ -332,6 +389,7 @@ export class SyncEngine {
     this.closed = true;
     if (!this.state) return;
     this.state.hub.stop();
+    this.state.sessions.close();
     await this.state.ws.close();
     await this.state.field?.close();
     await this.state.store.close();

@@ -15,7 +15,8 @@ const sessions = new Map<string, SyncUser>([
 const auth = (token: string) => ({ authorization: `Bearer ${token}` });
 
 async function call(url: string, token: string | null, init: RequestInit = {}) {
-  const response = await fetch(url, { ...init, headers: { ...(token ? auth(token) : {}), ...(init.headers as object) } });
+  const json: Record<string, string> = init.body === undefined ? {} : { 'content-type': 'application/json' };
+  const response = await fetch(url, { ...init, headers: { ...json, ...(token ? auth(token) : {}), ...(init.headers as object) } });
   const text = await response.text();
   return { status: response.status, body: text ? JSON.parse(text) : null };
 }

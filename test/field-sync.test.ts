@@ -3,11 +3,13 @@
  * file: per-field merges, each strategy, HLC clamping, exactly-once, bad
  * input, /latest, live field_change, and writes made outside field sync.
  */
+
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { FieldMergeStrategy } from '../src/core/config.js';
 import { HybridClock, hlcWallMs } from '../src/core/hlc.js';
 import type { ChangeHub } from '../src/core/hub.js';
+import { LiveSessions } from '../src/core/sessions.js';
 import type { Store } from '../src/core/store.js';
 import type { SyncService } from '../src/core/sync-service.js';
 import { createFieldSync } from '../src/field/index.js';
@@ -628,6 +630,7 @@ describe('field sync on a custom store without field bookkeeping', () => {
       limits: DEFAULT_LIMITS,
       basePath: '/api/field-sync',
       logger,
+      sessions: new LiveSessions(32, 0),
     });
     const response = await module.handle(new Request('http://x/api/field-sync/todos'), new URL('http://x/api/field-sync/todos'));
     assert.equal(response?.status, 501);

@@ -14,6 +14,7 @@
  */
 import type { Context, Env, Handler, Hono, Schema } from 'hono';
 import type { SyncEngine } from '../engine.js';
+import { noteConnection } from '../transports/node.js';
 
 /**
  * A Hono handler answering the engine's routes; register it for both
@@ -21,7 +22,13 @@ import type { SyncEngine } from '../engine.js';
  * Paths under those prefixes that the engine does not serve get its JSON 404.
  */
 export function honoHandler<E extends Env = Env>(engine: SyncEngine): Handler<E> {
-  return async (c: Context<E>) => engine.fetch(await replayable(c));
+  return async (c: Context<E>) => {
+    const request = await replayable(c);
+    // @hono/node-server passes the Node request as `env.incoming`: the loopback (DNS-rebinding) check needs its socket.
+    const incoming = (c.env as { incoming?: { socket?: { localAddress?: string } } } | undefined)?.incoming;
+    noteConnection(request, incoming?.socket?.localAddress);
+    return engine.fetch(request);
+  };
 }
 
 /** Register the engine's routes (sync and field-sync base paths) on `app`; returns `app`. */

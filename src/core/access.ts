@@ -21,6 +21,69 @@ export async function resolveUser(authorize: Authorize | undefined, request: Req
 }
 
 /**
+ * Run the authorize hook again for a connection opened as `previous`. The
+ * answer is the user's current context; a session now refused (401/403), or
+ * now naming another user, throws, and the connection must close.
+ */
+export async function reauthorize(authorize: Authorize | undefined, request: Request, previous: SyncUser | null): Promise<SyncUser | null> {
+  if (!authorize) return previous;
+  const user = await resolveUser(authorize, request).catch((error: unknown) => {
+    if (error instanceof SyncError) throw error;
+    throw new SyncError(ErrorCode.Unauthorized, 'session could not be re-checked', 401);
+  });
+  if (user?.id !== previous?.id) throw new SyncError(ErrorCode.Unauthorized, 'session ended', 401);
+  return user;
+}
+
+/** A user's view of live changes and the key shared by every connection with the same view. */
+export interface LiveScope {
+  key: string;
+  apply: (change: Change) => Change;
+}
+
+/** JSON with object keys sorted, so equal contexts give equal strings whatever their key order. */
+export function stableJson(value: unknown): string {
+  return JSON.stringify(value, (_key, item: unknown) =>
+    item && typeof item === 'object' && !Array.isArray(item)
+      ? Object.fromEntries(Object.entries(item as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : item,
+  );
+}
+
+const LOOPBACK_HOST = /^(localhost|[a-z0-9-]+(\.[a-z0-9-]+)*\.localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])$/i;
+
+/** The host name of a `Host` header value (`name`, `name:port`, `[v6]:port`), lower-cased, without the port. */
+export function hostName(host: string): string {
+  const name = host.startsWith('[') ? host.slice(0, host.indexOf(']') + 1) : host.replace(/:\d*$/, '');
+  return name.toLowerCase();
+}
+
+/**
+ * DNS-rebinding protection. A page on an attacker's domain that re-points that
+ * domain at 127.0.0.1 reaches a development server as a same-origin request,
+ * with the attacker's name in `Host`. So a request that arrived over a loopback
+ * address must name a loopback host, unless the app listed its hosts or origins.
+ */
+export function checkHost(
+  host: string | null,
+  overLoopback: boolean,
+  allowed: { allowedHosts?: readonly string[]; allowedOrigins?: readonly string[] },
+): void {
+  if (!host) return;
+  const name = hostName(host);
+  if (allowed.allowedHosts) {
+    if (allowed.allowedHosts.some((entry) => entry.toLowerCase() === name) || LOOPBACK_HOST.test(name)) return;
+    throw new SyncError(ErrorCode.Forbidden, `host ${name.slice(0, 100)} is not allowed (allowedHosts)`, 403);
+  }
+  if (!overLoopback || allowed.allowedOrigins || LOOPBACK_HOST.test(name)) return;
+  throw new SyncError(
+    ErrorCode.Forbidden,
+    `host ${name.slice(0, 100)} is not allowed on a loopback address; list it in allowedHosts (see docs/security.md)`,
+    403,
+  );
+}
+
+/**
  * Refuse cross-site state changes and WebSockets. Browsers send `Origin` on
  * every cross-origin POST and WebSocket, and `Sec-Fetch-Site` on modern
  * engines; requests with neither come from non-browser clients, which CSRF
@@ -40,31 +103,6 @@ export function checkOrigin(headers: Headers, requestUrl: string, allowedOrigins
   }
   if (origin === 'null' || site === 'cross-site') {
     throw new SyncError(ErrorCode.Forbidden, 'cross-site request refused', 403);
-  }
-}
-
-/** Counts live connections per user; anonymous connections are not limited here. */
-export class ConnectionLimiter {
-  private readonly counts = new Map<string, number>();
-
-  constructor(private readonly maxPerUser: number) {}
-
-  /** Take a slot for the user or refuse with 429; returns the release function. */
-  acquire(user: SyncUser | null): () => void {
-    if (!user) return () => {};
-    const count = this.counts.get(user.id) ?? 0;
-    if (count >= this.maxPerUser) {
-      throw new SyncError(ErrorCode.RateLimited, `at most ${this.maxPerUser} live connections per user`, 429);
-    }
-    this.counts.set(user.id, count + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const left = (this.counts.get(user.id) ?? 1) - 1;
-      if (left <= 0) this.counts.delete(user.id);
-      else this.counts.set(user.id, left);
-    };
   }
 }
 

@@ -80,6 +80,14 @@ export interface EntityConfig {
   routes?: string[];
   /** Row-level read scope (see ReadRule). A row leaving a user's scope reaches their clients as a delete. */
   read?: ReadRule;
+  /**
+   * What the read rule depends on in the user, as a string: connections whose
+   * users give the same key share one encoding of each live batch (e.g.
+   * `(user) => String(user?.team)`). It must change whenever the rule's answers
+   * could. Default: the whole user object (stable JSON), so users share a view
+   * only when their contexts are equal.
+   */
+  scopeKey?: (user: SyncUser | null) => string;
   /** Row-level write rule. Without one, a user may write only rows inside their read scope. */
   write?: WriteRule;
   /**
@@ -105,10 +113,22 @@ export interface SyncLimits {
   /** Default and largest pull page size. */
   defaultPullLimit: number;
   maxPullLimit: number;
-  /** Bytes a live consumer may have queued before it is dropped and told to catch up by pull. */
+  /**
+   * Bytes one connection may have waiting to be sent, replies and live batches
+   * together; past it a WebSocket is closed with 4008 and an SSE stream ends
+   * (the client reconnects and catches up by pull).
+   */
   maxBufferedBytes: number;
-  /** WebSocket messages a connection may send per second. */
+  /** WebSocket messages a connection may send per second (burst the same); over it the socket is closed with 4029. */
   wsMessagesPerSecond: number;
+  /**
+   * Rows a WebSocket may have read for it per second (`sync` pages and catch-up
+   * replay, burst the same). A request past it waits for the budget instead of
+   * running, so one socket cannot hog the database.
+   */
+  wsRowsPerSecond: number;
+  /** Requests one WebSocket may have waiting for an answer; over it the socket is closed with 4029. */
+  maxPendingRequests: number;
   /** Live connections (WebSocket + SSE) one user may hold at once. */
   maxConnectionsPerUser: number;
 }
@@ -122,6 +142,8 @@ export const DEFAULT_LIMITS: SyncLimits = {
   maxPullLimit: 10_000,
   maxBufferedBytes: 8 * 1024 * 1024,
   wsMessagesPerSecond: 200,
+  wsRowsPerSecond: 200_000,
+  maxPendingRequests: 64,
   maxConnectionsPerUser: 32,
 };
 
@@ -158,11 +180,26 @@ export interface SyncEngineOptions {
   /** Resolves the user of each request; without it every request is anonymous and allowed. */
   authorize?: Authorize;
   /**
-   * Origins allowed to open WebSockets and to POST (CSRF protection). Default:
-   * the request's own origin only. Requests without an Origin header (non-browser
-   * clients) are allowed.
+   * Origins allowed to open WebSockets and event streams and to POST (CSRF
+   * protection). Default: the request's own origin only. Requests without an
+   * Origin header (non-browser clients) are allowed.
    */
   allowedOrigins?: string[];
+  /**
+   * Host names (without port) the engine answers on. Without this and without
+   * `allowedOrigins`, a request that reaches the server over a loopback address
+   * must name a loopback host (`localhost`, `*.localhost`, `127.x.x.x`, `[::1]`):
+   * DNS-rebinding protection for development servers. Set it (or
+   * `allowedOrigins`) in production behind a reverse proxy on the same machine.
+   */
+  allowedHosts?: string[];
+  /**
+   * How often open WebSockets and SSE streams re-run `authorize` on their
+   * opening request, ms (default 5000). A session that ended closes the
+   * connection; changed rights re-scope live delivery. `engine.refreshRights(userId)`
+   * does it at once.
+   */
+  rightsRecheckMs?: number;
 }
 
 /** The seed's builder: `new SyncConfig(db, ['todos']).withStrategy(...).withFieldSync(...)`. */
@@ -180,6 +217,8 @@ export class SyncConfig implements SyncEngineOptions {
   maxClockDriftMs?: number;
   authorize?: Authorize;
   allowedOrigins?: string[];
+  allowedHosts?: string[];
+  rightsRecheckMs?: number;
 
   constructor(
     readonly db: unknown,
@@ -214,6 +253,14 @@ export class SyncConfig implements SyncEngineOptions {
     this.allowedOrigins = origins;
     return this;
   }
+  withAllowedHosts(hosts: string[]): this {
+    this.allowedHosts = hosts;
+    return this;
+  }
+  withRightsRecheck(ms: number): this {
+    this.rightsRecheckMs = ms;
+    return this;
+  }
   withBasePath(basePath: string): this {
     this.basePath = basePath;
     return this;
@@ -229,6 +276,7 @@ export interface ResolvedEntity {
   resolve?: ConflictResolver;
   routes: string[];
   read?: ReadRule;
+  scopeKey?: (user: SyncUser | null) => string;
   write?: WriteRule;
   schema?: StandardSchemaV1;
 }
@@ -266,6 +314,7 @@ export function resolveEntities(options: SyncEngineOptions): ResolvedEntity[] {
       resolve: entity.resolve,
       routes: entity.routes ?? [`/${entity.name}`],
       read: entity.read,
+      scopeKey: entity.scopeKey,
       write: entity.write,
       schema: entity.schema,
     };

@@ -204,10 +204,37 @@ export const ErrorCode = {
   Unauthorized: 'unauthorized',
   Forbidden: 'forbidden',
   RateLimited: 'rate_limited',
+  /** 415: a push whose Content-Type is not JSON. */
+  UnsupportedMediaType: 'unsupported_media_type',
+  /** 426: a WebSocket path asked for without an upgrade. */
+  UpgradeRequired: 'upgrade_required',
   Internal: 'internal',
+  /** 501: a configured feature this store cannot serve. */
+  NotImplemented: 'not_implemented',
+  /** 503: the engine is starting, failed to start or is closed. */
+  Unavailable: 'unavailable',
   UnknownMessage: 'unknown_message',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
+/**
+ * WebSocket close codes the engine uses (docs/security.md lists them with the
+ * limits behind them). 4000–4999 is the range RFC 6455 leaves to applications;
+ * the last three digits echo the HTTP status of the same refusal.
+ */
+export const CloseCode = {
+  /** Server shutting down: reconnect later. */
+  GoingAway: 1001,
+  /** Replies and live batches waiting to be sent passed `maxBufferedBytes`: reconnect and pull. */
+  SlowConsumer: 4008,
+  /** More than `wsMessagesPerSecond` messages, or more requests waiting than `maxPendingRequests`. */
+  RateLimited: 4029,
+  /** The session ended (authorize now answers 401, or names another user). */
+  SessionEnded: 4401,
+  /** The user lost the right to connect (authorize now answers 403). */
+  Forbidden: 4403,
+} as const;
+export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
+
 /** WebSocket close code sent to a consumer that fell too far behind; it reconnects and pulls. */
-export const CLOSE_SLOW_CONSUMER = 4008;
+export const CLOSE_SLOW_CONSUMER = CloseCode.SlowConsumer;

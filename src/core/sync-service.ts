@@ -2,7 +2,7 @@
  * SyncService: the transport-free heart of the engine. Pull, push and schema
  * answers as plain objects; HTTP and WebSocket both call these.
  */
-import { checkWrite, inScope, scopeChange, scopedClientId } from './access.js';
+import { checkWrite, inScope, type LiveScope, scopeChange, scopedClientId, stableJson } from './access.js';
 import type { ResolvedEntity, SyncLimits, SyncUser } from './config.js';
 import { decideWrite } from './conflict.js';
 import { badRequest, SyncError } from './errors.js';
@@ -108,11 +108,18 @@ export class SyncService {
     };
   }
 
-  /** How a live change looks to `user` (null when the entity has no read scope: shared by everyone). */
-  liveScope(user: SyncUser | null): ((change: Change) => Change) | null {
+  /**
+   * How a live change looks to `user`, and the key of that view: connections
+   * with equal keys share one encoding of each batch. The key is what the read
+   * rules select (each scoped entity's `scopeKey`, or the whole user context),
+   * never the user id alone, so a user whose rights changed gets a new view.
+   * Null when no entity has a read scope: everyone sees the same.
+   */
+  liveScope(user: SyncUser | null): LiveScope | null {
     const scoped = [...this.entities.values()].filter(({ config }) => config.read);
     if (scoped.length === 0) return null;
-    return (change) => scopeChange(change, this.entities.get(change.entity)?.config.read, user);
+    const key = scoped.map(({ config }) => `${config.name}=${config.scopeKey ? config.scopeKey(user) : stableJson(user)}`).join('&');
+    return { key, apply: (change) => scopeChange(change, this.entities.get(change.entity)?.config.read, user) };
   }
 
   private snapshotResponse(entity: string, page: { changes: Change[]; version: number; after?: string }, first: boolean): PullResponse {

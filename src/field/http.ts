@@ -7,21 +7,17 @@
  *
  * Errors follow the engine's shape: `{error: {code, message}}` with a 4xx.
  */
-import { checkOrigin, resolveUser } from '../core/access.js';
-import type { Authorize, SyncLimits } from '../core/config.js';
+import type { SyncLimits } from '../core/config.js';
 import { SyncError, toSyncError } from '../core/errors.js';
 import { ErrorCode } from '../core/protocol.js';
 import { parseCursor, parseJson, parseLimit } from '../core/validation.js';
-import { errorResponse, jsonResponse, readBody } from '../transports/http.js';
+import { type Access, admit } from '../transports/gate.js';
+import { errorResponse, jsonResponse, readBody, requireJson, upgradeRequired } from '../transports/http.js';
 import type { FieldService } from './service.js';
 
-export interface FieldHttpOptions {
+export interface FieldHttpOptions extends Access {
   basePath: string;
   limits: SyncLimits;
-  /** The engine's authorize hook: every field route resolves the user first (401/403 otherwise). */
-  authorize?: Authorize;
-  /** Origins allowed to POST (CSRF); default: the request's own origin. */
-  allowedOrigins?: string[];
   /** Called after every push that reached the store, so live subscribers hear of it at once. */
   onPush: () => void;
   onError?: (error: unknown) => void;
@@ -53,14 +49,8 @@ export class FieldHttpRoutes {
   private async route(request: Request, url: URL, rest: string): Promise<Response> {
     const method = request.method.toUpperCase();
     // Same gate as the entity routes: cross-site state changes are refused, and every field route is data.
-    if (method !== 'GET' && method !== 'HEAD') checkOrigin(request.headers, request.url, this.options.allowedOrigins);
-    const user = await resolveUser(this.options.authorize, request);
-    if (rest === 'ws') {
-      return new Response(JSON.stringify({ error: { code: 'upgrade_required', message: 'connect with a WebSocket' } }), {
-        status: 426,
-        headers: { 'content-type': 'application/json', upgrade: 'websocket' },
-      });
-    }
+    const user = await admit(request, this.options, method === 'GET' || method === 'HEAD' ? 'read' : 'write');
+    if (rest === 'ws') throw upgradeRequired();
     let segments: string[];
     try {
       segments = rest.split('/').map((segment) => decodeURIComponent(segment));
@@ -78,6 +68,7 @@ export class FieldHttpRoutes {
       }
       if (method === 'POST') {
         this.service.target(entity); // unknown entity: 404 before reading the body
+        requireJson(request);
         const body = parseJson(await readBody(request, this.options.limits.maxBodyBytes), this.options.limits);
         const response = await this.service.push(entity, body, user);
         this.options.onPush();

@@ -8,15 +8,16 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { ConnectionLimiter } from '../core/access.js';
-import type { Authorize, FieldMergeStrategy, SyncLimits, SyncLogger } from '../core/config.js';
+import type { FieldMergeStrategy, SyncLimits, SyncLogger } from '../core/config.js';
 import { SyncError } from '../core/errors.js';
 import type { HybridClock } from '../core/hlc.js';
 import { ChangeHub } from '../core/hub.js';
 import { ErrorCode } from '../core/protocol.js';
 import type { Store } from '../core/store.js';
 import type { SyncService } from '../core/sync-service.js';
+import type { Access } from '../transports/gate.js';
 import { errorResponse } from '../transports/http.js';
+import { refuseUpgrade } from '../transports/refuse.js';
 import { FieldHttpRoutes } from './http.js';
 import type { FieldChange } from './protocol.js';
 import { FieldService } from './service.js';
@@ -29,7 +30,7 @@ export * from './protocol.js';
 export type { FieldStore, FieldTarget } from './store.js';
 
 /** What the engine hands the field-sync module. */
-export interface FieldSyncDeps {
+export interface FieldSyncDeps extends Access {
   store: Store;
   service: SyncService;
   hub: ChangeHub;
@@ -41,12 +42,6 @@ export interface FieldSyncDeps {
   logger: SyncLogger;
   /** WebSocket ping interval, ms (default 30 s). */
   heartbeatMs?: number;
-  /** The engine's authorize hook: field routes and the field socket resolve the user like the entity ones. */
-  authorize?: Authorize;
-  /** Origins allowed to POST and to open the field socket. */
-  allowedOrigins?: string[];
-  /** Per-user live connection limit shared with the entity transports. */
-  limiter?: ConnectionLimiter;
 }
 
 /** The field-sync routes, mounted by the engine. */
@@ -55,6 +50,8 @@ export interface FieldSyncModule {
   handle(request: Request, url: URL): Promise<Response | null>;
   /** Take over `/api/field-sync/ws` upgrades; false for other paths. */
   handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): boolean;
+  /** Open field sockets and their live subscriptions. */
+  counts(): { websocket: number; live: number };
   close(): Promise<void>;
 }
 
@@ -101,25 +98,28 @@ export async function createFieldSync(deps: FieldSyncDeps): Promise<FieldSyncMod
     deps.hub.wake();
     feed.wake();
   };
-  const access = { authorize: deps.authorize, allowedOrigins: deps.allowedOrigins };
+  const access: Access = {
+    authorize: deps.authorize,
+    allowedOrigins: deps.allowedOrigins,
+    allowedHosts: deps.allowedHosts,
+    sessions: deps.sessions,
+  };
   const http = new FieldHttpRoutes(service, { ...access, basePath: deps.basePath, limits: deps.limits, onPush, onError });
   const ws = new FieldWebSocket(
     service,
     feed,
-    {
-      path: `${deps.basePath}/ws`,
-      limits: deps.limits,
-      heartbeatMs: deps.heartbeatMs ?? 30_000,
-      ...access,
-      limiter: deps.limiter,
-      onError,
-    },
+    { ...access, path: `${deps.basePath}/ws`, limits: deps.limits, heartbeatMs: deps.heartbeatMs ?? 30_000, onError },
     onPush,
   );
   deps.logger.debug({ strategy: deps.strategy, dialect: store.dialect }, 'rhtmx-sync: field sync ready');
   return {
     handle: (request, url) => http.handle(request, url),
-    handleUpgrade: (request, socket, head) => ws.handleUpgrade(request, socket, head),
+    handleUpgrade: (request, socket, head) => {
+      if (!ws.owns(request)) return false;
+      ws.handleUpgrade(request, socket, head);
+      return true;
+    },
+    counts: () => ({ websocket: ws.connectionCount, live: feed.subscriberCount }),
     async close() {
       feed.stop();
       await ws.close();
@@ -140,13 +140,14 @@ function unavailable(deps: FieldSyncDeps): FieldSyncModule {
   const ours = (path: string) => path === base || path.startsWith(`${base}/`);
   return {
     async handle(_request, url) {
-      return ours(url.pathname) ? errorResponse(new SyncError(ErrorCode.Internal, message, 501)) : null;
+      return ours(url.pathname) ? errorResponse(new SyncError(ErrorCode.NotImplemented, message, 501)) : null;
     },
     handleUpgrade(request, socket) {
       if ((request.url ?? '').split('?')[0] !== `${base}/ws`) return false;
-      socket.end(`HTTP/1.1 501 Not Implemented\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\n${message}\n`);
+      refuseUpgrade(socket, new SyncError(ErrorCode.NotImplemented, message, 501));
       return true;
     },
+    counts: () => ({ websocket: 0, live: 0 }),
     async close() {},
   };
 }

@@ -10,7 +10,14 @@ import type { SyncUser } from '../core/config.js';
 import { badRequest, SyncError } from '../core/errors.js';
 import { type ChangeHub, EntityFilter } from '../core/hub.js';
 import { ErrorCode } from '../core/protocol.js';
-import { optionalCount, type Ref, SocketEndpoint, type SocketEndpointOptions, type SyncConnection } from '../transports/socket-endpoint.js';
+import {
+  optionalCount,
+  pageLimit,
+  type Ref,
+  SocketEndpoint,
+  type SocketEndpointOptions,
+  type SyncConnection,
+} from '../transports/socket-endpoint.js';
 import type { FieldChange, FieldServerMessage } from './protocol.js';
 import type { FieldService } from './service.js';
 
@@ -61,12 +68,12 @@ export class FieldWebSocket extends SocketEndpoint {
       case 'sync': {
         if (typeof message.entity !== 'string') throw badRequest('sync needs an entity');
         const since = optionalCount(message.since, 'since') ?? 0;
-        const limit = optionalCount(message.limit, 'limit') ?? this.options.limits.defaultPullLimit;
-        if (limit < 1 || limit > this.options.limits.maxPullLimit) {
-          throw badRequest(`limit must be between 1 and ${this.options.limits.maxPullLimit}`);
-        }
+        const limit = pageLimit(message, this.options.limits);
         const snapshot = typeof message.snapshot === 'string' ? message.snapshot : null;
-        return { type: 'sync', ...(await this.service.pull(message.entity, { since, limit, snapshot })) };
+        await connection.rowBudget();
+        const page = await this.service.pull(message.entity, { since, limit, snapshot });
+        connection.spendRows(page.changes.length);
+        return { type: 'sync', ...page };
       }
       case 'latest': {
         if (typeof message.entity !== 'string') throw badRequest('latest needs an entity');
@@ -118,9 +125,11 @@ export class FieldWebSocket extends SocketEndpoint {
     connection.unsubscribe = this.feed.subscribe(
       {
         filter: connection.filter,
-        deliver: (batch, _version, paced) => {
+        deliver: (batch, version, paced) => {
+          connection.cursor = version;
+          if (paced) connection.spendRows(batch.changes.length);
           const text = batch.messageFor(connection.filter);
-          if (text !== null) connection.send(text, !paced);
+          if (text !== null) connection.send(text, !paced, paced);
         },
         drained: () => connection.drained(),
       },

@@ -4,28 +4,25 @@
  */
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
-import { type ConnectionLimiter, checkOrigin, resolveUser } from '../core/access.js';
-import type { Authorize, SyncLimits, SyncUser } from '../core/config.js';
+import type { SyncLimits, SyncUser } from '../core/config.js';
 import { SyncError, toSyncError } from '../core/errors.js';
 import type { ChangeHub } from '../core/hub.js';
 import { ErrorCode } from '../core/protocol.js';
 import type { SyncService } from '../core/sync-service.js';
 import { parseCursor, parseJson, parseLimit } from '../core/validation.js';
 import type { ClientAssets } from './assets.js';
+import { type Access, admit, admitPublic } from './gate.js';
 import { openEventStream } from './sse.js';
 
 const gzipAsync = promisify(gzip);
 /** Below this, gzip costs more than it saves. */
 const GZIP_MIN_BYTES = 1024;
 
-export interface HttpRoutesOptions {
+export interface HttpRoutesOptions extends Access {
   basePath: string;
   limits: SyncLimits;
   heartbeatMs: number;
   assets: ClientAssets;
-  authorize?: Authorize;
-  allowedOrigins?: string[];
-  limiter: ConnectionLimiter;
   /** Extra routes (field-level sync) tried after the entity routes. */
   extra?: (request: Request, url: URL) => Promise<Response | null>;
   onError?: (error: unknown) => void;
@@ -76,10 +73,26 @@ export async function readBody(request: Request, maxBytes: number): Promise<stri
 
 const tooLarge = (maxBytes: number) => new SyncError(ErrorCode.TooLarge, `request body exceeds ${maxBytes} bytes`, 413);
 
-export class HttpRoutes {
-  /** Open SSE streams (metrics). */
-  sseStreams = 0;
+/**
+ * A push body must say it is JSON: `text/plain` and form bodies are what a
+ * cross-site page can send without a preflight, so they are refused (415)
+ * before anything is read.
+ */
+export function requireJson(request: Request): void {
+  const type = request.headers.get('content-type') ?? '';
+  if (!/^application\/([\w.+-]+\+)?json\s*(;|$)/i.test(type)) {
+    throw new SyncError(
+      ErrorCode.UnsupportedMediaType,
+      `a push must be sent as Content-Type: application/json (got ${JSON.stringify(type.slice(0, 64)) || 'none'})`,
+      415,
+    );
+  }
+}
 
+/** The answer for a WebSocket path asked for over plain HTTP. */
+export const upgradeRequired = () => new SyncError(ErrorCode.UpgradeRequired, 'connect with a WebSocket', 426);
+
+export class HttpRoutes {
   constructor(
     private readonly service: SyncService,
     private readonly hub: ChangeHub,
@@ -106,19 +119,19 @@ export class HttpRoutes {
     const rest = url.pathname.slice(base.length + 1);
     const method = request.method.toUpperCase();
     // The client files are public; everything else is data and goes through authorization.
-    if (rest === 'client.js' || rest === 'field-client.js' || rest === 'sw.js') return this.asset(request, rest, method);
-    if (method !== 'GET' && method !== 'HEAD') checkOrigin(request.headers, request.url, this.options.allowedOrigins);
-    const user = await resolveUser(this.options.authorize, request);
+    if (rest === 'client.js' || rest === 'field-client.js' || rest === 'sw.js') {
+      admitPublic(request, this.options);
+      return this.asset(request, rest, method);
+    }
+    const kind = rest === 'events' ? 'live' : method === 'GET' || method === 'HEAD' ? 'read' : 'write';
+    const user = await admit(request, this.options, kind);
     switch (rest) {
       case 'events':
         if (method !== 'GET') throw methodNotAllowed(method, rest);
         return this.events(request, url, user);
       case 'ws':
       case 'field-ws':
-        return new Response(JSON.stringify({ error: { code: 'upgrade_required', message: 'connect with a WebSocket' } }), {
-          status: 426,
-          headers: { 'content-type': 'application/json', upgrade: 'websocket' },
-        });
+        throw upgradeRequired();
       case 'schema':
         if (method !== 'GET') throw methodNotAllowed(method, rest);
         return jsonResponse(request, await this.service.schema());
@@ -140,6 +153,7 @@ export class HttpRoutes {
     }
     if (method === 'POST') {
       this.service.entity(entity);
+      requireJson(request);
       const body = parseJson(await readBody(request, this.options.limits.maxBodyBytes), this.options.limits);
       const response = await this.service.push(entity, body, user);
       this.hub.wake();
@@ -159,20 +173,17 @@ export class HttpRoutes {
     // EventSource resends the last `id:` it saw as Last-Event-ID; `?since=` serves first connections.
     const lastEventId = request.headers.get('last-event-id') ?? url.searchParams.get('lastEventId');
     const since = lastEventId ? parseCursor(lastEventId, 'Last-Event-ID', 0) : parseCursor(url.searchParams.get('since'), 'since', -1);
-    const releaseSlot = this.options.limiter.acquire(user);
-    this.sseStreams++;
-    const release = () => {
-      this.sseStreams--;
-      releaseSlot();
-    };
-    const scope = this.service.liveScope(user);
+    // Abandoned while authorize ran: no slot, no subscription.
+    if (request.signal.aborted) throw new SyncError(ErrorCode.BadRequest, 'request abandoned', 400);
+    const release = this.options.sessions.acquire(user);
     return openEventStream({
       hub: this.hub,
-      scope: scope && { key: user?.id ?? '', apply: scope },
+      user,
+      scopeFor: (next) => this.service.liveScope(next),
+      authorize: this.options.authorize,
+      request,
+      sessions: this.options.sessions,
       onClose: release,
-      stillAuthorized: this.options.authorize
-        ? async () => (await resolveUser(this.options.authorize, request).catch(() => null))?.id === user?.id
-        : undefined,
       entities,
       since: since >= 0 ? since : undefined,
       heartbeatMs: this.options.heartbeatMs,

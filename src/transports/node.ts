@@ -4,11 +4,42 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
+import { badRequest } from '../core/errors.js';
 import { claimNodeEventStream } from './sse.js';
 
-/** Build a Web Request from a Node request. The body stays a stream: the engine enforces its size limit. */
+/** A `Host` header: a reg-name, IPv4 or bracketed IPv6 address, and an optional port 0–65535. */
+const HOST = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::(\d{1,5}))?$/;
+
+/** The request's Host, checked: a malformed one is a 400, never a URL error from deep inside. */
+export function requestHost(value: string | undefined): string {
+  // HTTP/1.1 requires a Host (RFC 9112 §3.2): without one, a 400 like any other malformed request.
+  if (value === undefined || value === '') throw badRequest('missing Host header');
+  const match = HOST.exec(value);
+  if (!match || (match[2] !== undefined && Number(match[2]) > 65_535)) throw badRequest('malformed Host header');
+  return value;
+}
+
+const LOOPBACK_ADDRESS = /^(127\.\d+\.\d+\.\d+|::1|::ffff:127\.\d+\.\d+\.\d+)$/;
+
+/** What the Web Request cannot say about the connection it came on. */
+const connections = new WeakMap<Request, { loopback: boolean }>();
+
+/** Record the local address a Web Request arrived on (adapters whose framework built the Request). */
+export function noteConnection(request: Request, localAddress: string | undefined): void {
+  if (localAddress) connections.set(request, { loopback: LOOPBACK_ADDRESS.test(localAddress) });
+}
+
+/** Whether a request bridged from node:http arrived over a loopback address (false when unknown). */
+export function arrivedOverLoopback(request: Request): boolean {
+  return connections.get(request)?.loopback ?? false;
+}
+
+/**
+ * Build a Web Request from a Node request. The body stays a stream: the engine
+ * enforces its size limit. Throws a 400 SyncError for a malformed Host.
+ */
 export function toWebRequest(req: IncomingMessage, res?: ServerResponse): Request {
-  const host = req.headers.host ?? 'localhost';
+  const host = requestHost(req.headers.host);
   const protocol = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
   // Express and Fastify may have rewritten req.url when mounted; originalUrl keeps the full path.
   const path = (req as { originalUrl?: string }).originalUrl ?? req.url ?? '/';
@@ -27,7 +58,14 @@ export function toWebRequest(req: IncomingMessage, res?: ServerResponse): Reques
     init.body = Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>;
     init.duplex = 'half';
   }
-  return new Request(`${protocol}://${host}${path}`, init);
+  let request: Request;
+  try {
+    request = new Request(`${protocol}://${host}${path.startsWith('/') ? path : `/${path}`}`, init);
+  } catch {
+    throw badRequest('malformed request target');
+  }
+  noteConnection(request, req.socket?.localAddress);
+  return request;
 }
 
 /** Write a Web Response to a Node response, respecting backpressure for streams. */

@@ -13,22 +13,27 @@
  * path: one shared frame, one `res.write` per client).
  */
 import type { ServerResponse } from 'node:http';
+import { type LiveScope, reauthorize } from '../core/access.js';
+import type { Authorize, SyncUser } from '../core/config.js';
 import { type ChangeHub, EntityFilter, type LiveBatch } from '../core/hub.js';
-import type { Change } from '../core/protocol.js';
+import type { LiveSession, LiveSessions } from '../core/sessions.js';
 
 export interface EventStreamOptions {
   hub: ChangeHub;
   entities: string[];
-  /** The user's view of changes when read scopes apply. */
-  scope?: { key: string; apply: (change: Change) => Change } | null;
+  /** The user the stream opens as, and how a user's view of changes is scoped (null: everyone sees the same). */
+  user: SyncUser | null;
+  scopeFor: (user: SyncUser | null) => LiveScope | null;
+  /** With an authorize hook, the opening request is re-checked on every rights re-check (see LiveSessions). */
+  authorize?: Authorize;
+  request?: Request;
+  sessions: LiveSessions;
   since?: number;
   heartbeatMs: number;
   maxBufferedBytes: number;
   signal?: AbortSignal;
   /** Called once when the stream ends, for connection accounting. */
   onClose?: () => void;
-  /** Re-checked at every heartbeat: a stream whose session ended is closed. */
-  stillAuthorized?: () => Promise<boolean>;
 }
 
 /** Where a stream's bytes go. */
@@ -36,6 +41,8 @@ interface EventSink {
   write(bytes: Uint8Array): void;
   /** Bytes written but not yet taken by the client. */
   queued(): number;
+  /** Resolves when the client has taken bytes (the socket drained), or the sink closed. */
+  drain(): Promise<void>;
   end(): void;
 }
 
@@ -60,63 +67,133 @@ function frameFor(batch: LiveBatch, filter: EntityFilter): Uint8Array | null {
 
 const PING = encoder.encode(': ping\n\n');
 
-/** One client's event stream: hub subscription, heartbeats, slow-consumer bound. */
-class EventStreamSession {
-  private readonly filter: EntityFilter;
+/**
+ * One timer per heartbeat interval for every open stream, instead of one per
+ * stream: a thousand idle streams cost one wake-up per interval.
+ */
+class Heartbeats {
+  private readonly groups = new Map<number, { streams: Set<EventStreamSession>; timer: ReturnType<typeof setInterval> }>();
+
+  add(ms: number, stream: EventStreamSession): () => void {
+    let group = this.groups.get(ms);
+    if (!group) {
+      const streams = new Set<EventStreamSession>();
+      const timer = setInterval(() => {
+        for (const each of streams) each.ping();
+      }, ms);
+      timer.unref();
+      group = { streams, timer };
+      this.groups.set(ms, group);
+    }
+    group.streams.add(stream);
+    return () => {
+      const current = this.groups.get(ms);
+      if (!current) return;
+      current.streams.delete(stream);
+      if (current.streams.size === 0) {
+        clearInterval(current.timer);
+        this.groups.delete(ms);
+      }
+    };
+  }
+}
+
+const heartbeats = new Heartbeats();
+
+/** One client's event stream: hub subscription, heartbeats, rights re-checks, slow-consumer bound. */
+class EventStreamSession implements LiveSession {
+  readonly kind = 'sse';
+  user: SyncUser | null;
+  private filter: EntityFilter;
   private sink: EventSink | null = null;
   private unsubscribe: (() => void) | null = null;
-  private heartbeat: NodeJS.Timeout | null = null;
+  private stopBeating: (() => void) | null = null;
+  private forget: (() => void) | null = null;
+  /** The log version the client has been sent up to (a re-scope continues from it). */
+  private cursor = 0;
   private closed = false;
 
   constructor(private readonly options: EventStreamOptions) {
-    this.filter = new EntityFilter(new Set(options.entities), false, options.scope ?? undefined);
+    this.user = options.user;
+    this.filter = this.filterFor(options.user);
+  }
+
+  private filterFor(user: SyncUser | null): EntityFilter {
+    return new EntityFilter(new Set(this.options.entities), false, this.options.scopeFor(user) ?? undefined);
   }
 
   /** Start streaming into `sink`. Called once, by whichever path claims the stream. */
   start(sink: EventSink): void {
-    if (this.closed) {
+    // A client that went away before the stream was claimed (abandoned mid-authorize) costs nothing more.
+    if (this.closed || this.options.signal?.aborted) {
+      this.close();
       sink.end();
       return;
     }
     this.sink = sink;
-    const { options, filter } = this;
+    const { options } = this;
     // `retry` makes EventSource reconnect quickly; the comment opens the stream through proxies.
     sink.write(encoder.encode(`retry: 2000\n: connected version=${options.hub.currentVersion}\n\n`));
+    this.subscribe(options.since);
+    this.stopBeating = heartbeats.add(options.heartbeatMs, this);
+    this.forget = options.sessions.add(this);
+    options.signal?.addEventListener('abort', () => this.close(), { once: true });
+  }
+
+  private subscribe(since: number | undefined): void {
+    this.unsubscribe?.();
+    const { options } = this;
+    const filter = this.filter;
+    this.cursor = since ?? options.hub.currentVersion;
     this.unsubscribe = options.hub.subscribe(
       {
         filter,
-        deliver: (batch, _version, paced) => {
+        deliver: (batch, version, paced) => {
+          this.cursor = version;
           const frame = frameFor(batch, filter);
           if (frame) this.send(frame, !paced);
         },
         end: () => this.close(),
         drained: async () => {
-          while (!this.closed && sink.queued() > options.maxBufferedBytes / 2) {
-            await new Promise((resolve) => setTimeout(resolve, 5));
-          }
+          while (!this.closed && this.sink && this.sink.queued() > options.maxBufferedBytes / 2) await this.sink.drain();
         },
       },
-      options.since,
+      since,
     );
-    this.heartbeat = setInterval(() => {
-      this.send(PING);
-      options.stillAuthorized?.().then(
-        (ok) => ok || this.close(),
-        () => this.close(),
-      );
-    }, options.heartbeatMs);
-    this.heartbeat.unref();
-    options.signal?.addEventListener('abort', () => this.close(), { once: true });
+  }
+
+  ping(): void {
+    this.send(PING);
+  }
+
+  async recheck(): Promise<void> {
+    const { authorize, request } = this.options;
+    if (!authorize || !request || this.closed) return;
+    let user: SyncUser | null;
+    try {
+      user = await reauthorize(authorize, request, this.user);
+    } catch {
+      // EventSource has no close codes: the stream ends, and the reconnect meets the refusal.
+      this.close();
+      return;
+    }
+    if (this.closed) return;
+    const next = this.filterFor(user);
+    this.user = user;
+    if (next.key !== this.filter.key) {
+      this.filter = next;
+      this.subscribe(this.cursor);
+    }
   }
 
   /**
-   * Only unpaced live batches count against the buffer limit: catch-up pages
-   * wait for room, heartbeats are tiny.
+   * Every frame counts against `maxBufferedBytes`; past it the stream ends and
+   * EventSource reconnects with Last-Event-ID. Catch-up pages wait for room first.
    */
   private send(bytes: Uint8Array, live = false): void {
     const sink = this.sink;
     if (this.closed || !sink) return;
-    if (live && sink.queued() > this.options.maxBufferedBytes) {
+    if (live && sink.queued() + bytes.byteLength > this.options.maxBufferedBytes) {
       this.close();
       return;
     }
@@ -127,7 +204,8 @@ class EventStreamSession {
     if (this.closed) return;
     this.closed = true;
     this.unsubscribe?.();
-    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.stopBeating?.();
+    this.forget?.();
     try {
       this.sink?.end();
     } catch {
@@ -144,6 +222,13 @@ export function openEventStream(options: EventStreamOptions): Response {
   const session = new EventStreamSession(options);
   let claimed: 'web' | 'node' | null = null;
   let claimWeb: (() => void) | null = null;
+  // Resolved by `pull`, which the stream calls when its reader has taken bytes.
+  let drainWaiters: Array<() => void> = [];
+  const wakeDrainWaiters = () => {
+    const waiters = drainWaiters;
+    drainWaiters = [];
+    for (const resolve of waiters) resolve();
+  };
   const stream = new ReadableStream<Uint8Array>(
     {
       start(controller) {
@@ -155,7 +240,11 @@ export function openEventStream(options: EventStreamOptions): Response {
               session.start({
                 write: (bytes) => controller.enqueue(bytes),
                 queued: () => options.maxBufferedBytes - (controller.desiredSize ?? 0),
-                end: () => controller.close(),
+                drain: () => new Promise<void>((wake) => drainWaiters.push(wake)),
+                end: () => {
+                  wakeDrainWaiters();
+                  controller.close();
+                },
               });
             }
             resolve();
@@ -163,7 +252,11 @@ export function openEventStream(options: EventStreamOptions): Response {
           setImmediate(() => claimWeb?.());
         });
       },
+      pull() {
+        wakeDrainWaiters();
+      },
       cancel() {
+        wakeDrainWaiters();
         if (claimed === 'web') session.close();
       },
     },
@@ -197,12 +290,24 @@ export function claimNodeEventStream(response: Response, res: ServerResponse): b
   const handle = (response as unknown as Record<symbol, { claim(): EventStreamSession | null } | undefined>)[SESSION];
   const session = handle?.claim();
   if (!session) return false;
-  res.once('close', () => session.close());
+  if (res.destroyed) session.close();
+  else res.once('close', () => session.close());
   session.start({
     write: (bytes) => {
       res.write(bytes);
     },
     queued: () => res.writableLength,
+    drain: () =>
+      new Promise<void>((resolve) => {
+        if (res.destroyed || res.writableLength === 0) return resolve();
+        const done = () => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
+        res.once('drain', done);
+        res.once('close', done);
+      }),
     end: () => res.end(),
   });
   return true;

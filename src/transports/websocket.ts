@@ -9,12 +9,13 @@
  * client reconnects and pulls).
  */
 
+import type { SyncUser } from '../core/config.js';
 import { badRequest, SyncError } from '../core/errors.js';
 import { type ChangeHub, EntityFilter, type LiveBatch } from '../core/hub.js';
 import type { ServerMessage } from '../core/protocol.js';
 import { ErrorCode } from '../core/protocol.js';
 import type { SyncService } from '../core/sync-service.js';
-import { optionalCount, type Ref, SocketEndpoint, type SocketEndpointOptions, type SyncConnection } from './socket-endpoint.js';
+import { optionalCount, pageLimit, type Ref, SocketEndpoint, type SocketEndpointOptions, type SyncConnection } from './socket-endpoint.js';
 
 export { SyncConnection } from './socket-endpoint.js';
 
@@ -73,12 +74,11 @@ export class WebSocketTransport extends SocketEndpoint {
       case 'sync': {
         if (typeof message.entity !== 'string') throw badRequest('sync needs an entity');
         const since = optionalCount(message.since, 'since') ?? 0;
-        const limit = optionalCount(message.limit, 'limit') ?? this.options.limits.defaultPullLimit;
-        if (limit < 1 || limit > this.options.limits.maxPullLimit) {
-          throw badRequest(`limit must be between 1 and ${this.options.limits.maxPullLimit}`);
-        }
+        const limit = pageLimit(message, this.options.limits);
         const snapshot = typeof message.snapshot === 'string' ? message.snapshot : null;
+        await connection.rowBudget();
         const page = await this.service.pull(message.entity, { since, limit, snapshot }, connection.user);
+        connection.spendRows(page.changes.length);
         return withRef({ type: 'sync', ...page });
       }
       case 'push': {
@@ -115,19 +115,30 @@ export class WebSocketTransport extends SocketEndpoint {
     }
   }
 
+  override scopeKey(user: SyncUser | null): string {
+    return this.service.liveScope(user)?.key ?? '';
+  }
+
+  override rescope(connection: SyncConnection): void {
+    if (connection.unsubscribe) this.subscribe(connection, new Set(connection.filter.entities), connection.cursor);
+  }
+
   private subscribe(connection: SyncConnection, entities: Set<string>, since: number | undefined): void {
     connection.unsubscribe?.();
-    const scope = this.service.liveScope(connection.user);
-    connection.filter = new EntityFilter(entities, false, scope ? { key: connection.user?.id ?? '', apply: scope } : undefined);
+    connection.filter = new EntityFilter(entities, false, this.service.liveScope(connection.user) ?? undefined);
     connection.unsubscribe = null;
     if (entities.size === 0) return;
     const filter = connection.filter;
+    connection.cursor = since ?? this.hub.currentVersion;
     connection.unsubscribe = this.hub.subscribe(
       {
         filter,
-        deliver(batch, _version, paced) {
+        deliver(batch, version, paced) {
+          connection.cursor = version;
+          // Replayed pages cost what they read; live batches are read once for everyone.
+          if (paced) connection.spendRows(batch.changes.length);
           const bytes = liveBytes(batch, filter);
-          if (bytes !== null) connection.send(bytes, !paced);
+          if (bytes !== null) connection.send(bytes, !paced, paced);
         },
         drained: () => connection.drained(),
       },
