@@ -41,6 +41,16 @@ export interface LiveScope {
   apply: (change: Change) => Change;
 }
 
+/** A deep copy of a user context (a shallow one when it holds what cannot be cloned, e.g. functions). */
+export function snapshotUser(user: SyncUser | null): SyncUser | null {
+  if (user === null) return null;
+  try {
+    return structuredClone(user);
+  } catch {
+    return { ...user };
+  }
+}
+
 /** JSON with object keys sorted, so equal contexts give equal strings whatever their key order. */
 export function stableJson(value: unknown): string {
   return JSON.stringify(value, (_key, item: unknown) =>

@@ -2,7 +2,7 @@
  * SyncService: the transport-free heart of the engine. Pull, push and schema
  * answers as plain objects; HTTP and WebSocket both call these.
  */
-import { checkWrite, inScope, type LiveScope, scopeChange, scopedClientId, stableJson } from './access.js';
+import { checkWrite, inScope, type LiveScope, scopeChange, scopedClientId, snapshotUser, stableJson } from './access.js';
 import type { ResolvedEntity, SyncLimits, SyncUser } from './config.js';
 import { decideWrite } from './conflict.js';
 import { badRequest, SyncError } from './errors.js';
@@ -118,8 +118,10 @@ export class SyncService {
   liveScope(user: SyncUser | null): LiveScope | null {
     const scoped = [...this.entities.values()].filter(({ config }) => config.read);
     if (scoped.length === 0) return null;
-    const key = scoped.map(({ config }) => `${config.name}=${config.scopeKey ? config.scopeKey(user) : stableJson(user)}`).join('&');
-    return { key, apply: (change) => scopeChange(change, this.entities.get(change.entity)?.config.read, user) };
+    // A copy: an app that mutates its user object in place must not change a view already keyed.
+    const frozen = snapshotUser(user);
+    const key = scoped.map(({ config }) => `${config.name}=${config.scopeKey ? config.scopeKey(frozen) : stableJson(frozen)}`).join('&');
+    return { key, apply: (change) => scopeChange(change, this.entities.get(change.entity)?.config.read, frozen) };
   }
 
   private snapshotResponse(entity: string, page: { changes: Change[]; version: number; after?: string }, first: boolean): PullResponse {

@@ -209,9 +209,9 @@ export class SyncConnection implements LiveSession {
       return null;
     }
     if (!this.open) return null;
-    const before = this.user;
     this.user = user;
-    if (this.endpoint.scopeKey(before) !== this.endpoint.scopeKey(user)) this.endpoint.rescope(this);
+    // Against the key the live view was built with (the app may have mutated the old user object in place).
+    if ((this.filter.scope?.key ?? '') !== this.endpoint.scopeKey(user)) this.endpoint.rescope(this);
     return { user };
   }
 }
