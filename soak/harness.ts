@@ -19,8 +19,9 @@ import { AppWriter } from './app-writer.js';
 import { BrowserClient, DEFAULT_BROWSER_BEHAVIOUR, launchChromium } from './browsers.js';
 import { postgresDatabase, type SoakDatabase, sqliteDatabase, type TodoRow } from './database.js';
 import { DEFAULT_BEHAVIOUR, Device } from './device.js';
+import { DEFAULT_HOSTILE, Hostile, type HostileReport } from './hostile.js';
 import { Ledger } from './ledger.js';
-import { freePort, ServerNode } from './nodes.js';
+import { type CrashSign, freePort, ServerNode, type UnexpectedExit } from './nodes.js';
 import { Random, sleep } from './random.js';
 import { type ClientState, compareRows, type Verdict, verify } from './verify.js';
 
@@ -43,6 +44,8 @@ export interface SoakOptions {
   tableRows: number;
   /** Also write through the demo's htmx routes. */
   appWriter: boolean;
+  /** Run the hostile participant (hostile.ts): malformed requests, resets, non-reading sockets, floods. */
+  hostile: boolean;
   /** Devices hold server changes while a push is in flight, as the browser client does; false replays the client before that fix. */
   holdDuringPush: boolean;
   /** How long the drain and the convergence wait may take, each. */
@@ -65,6 +68,7 @@ export const DEFAULT_OPTIONS: SoakOptions = {
   downMs: [200, 2_000],
   tableRows: 20,
   appWriter: true,
+  hostile: true,
   holdDuringPush: true,
   settleTimeoutMs: 120_000,
   pgAdminUrl: process.env.RHTMX_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
@@ -97,6 +101,14 @@ export interface SoakReport extends Verdict {
   serverErrors: string[];
   /** What the servers wrote to stderr, first line of each message, with how often (all nodes). */
   serverStderr: Record<string, number>;
+  /** Server processes that ended on their own (not killed or stopped by the soak): must be none. */
+  serverExits: UnexpectedExit[];
+  /** Uncaught exceptions, unhandled rejections and fatal errors on the servers' stderr: must be none. */
+  uncaughtErrors: CrashSign[];
+  /** Processes that exited on their own before listening (their start was retried). */
+  startFailures: number;
+  /** What the hostile participant did and what the servers answered; null when it was off. */
+  hostile: HostileReport | null;
 }
 
 /** True when the run kept every promise. */
@@ -105,6 +117,8 @@ export const passed = (report: SoakReport): boolean =>
   report.duplicated === 0 &&
   report.divergentClients === 0 &&
   report.unknownAnswers === 0 &&
+  report.serverExits.length === 0 &&
+  report.uncaughtErrors.length === 0 &&
   !report.findings.some((finding) => finding.kind !== 'divergent');
 
 export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<SoakReport> {
@@ -118,6 +132,7 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
   const devices: Device[] = [];
   const browsers: BrowserClient[] = [];
   let chromium: Browser | null = null;
+  let hostile: Hostile | null = null;
   const stop = new AbortController();
   // Every participant sleeps on this one signal.
   setMaxListeners(1_000, stop.signal);
@@ -158,14 +173,24 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
         browsers.push(client);
       }
     }
-    log(`${devices.length} devices, ${browsers.length} browsers running; chaos for ${Math.round(options.durationMs / 1000)} s`);
+    log(
+      `${devices.length} devices, ${browsers.length} browsers running; chaos for ${Math.round(options.durationMs / 1000)} s` +
+        (options.hostile
+          ? `, hostile traffic after a ${Math.round(Math.min(DEFAULT_HOSTILE.quietMs, options.durationMs / 4) / 100) / 10} s quiet sample`
+          : ''),
+    );
 
     const app = options.appWriter ? new AppWriter(nodes, database, ledger, random.fork()) : null;
     const chaos = killNodes(nodes, random.fork(), options, stop.signal, log);
+    // Forked after every other participant, so a seed replays their choices with the hostile one on or off.
+    hostile = options.hostile
+      ? new Hostile(nodes, random.fork(), { ...DEFAULT_HOSTILE, quietMs: Math.min(DEFAULT_HOSTILE.quietMs, options.durationMs / 4) })
+      : null;
     const loops = [
       ...devices.map((device) => device.run(stop.signal)),
       ...browsers.map((browser) => browser.run(stop.signal)),
       ...(app ? [app.run(stop.signal)] : []),
+      ...(hostile ? [hostile.run(stop.signal)] : []),
       chaos,
     ];
     await sleep(options.durationMs);
@@ -224,6 +249,18 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
       }
     }
     const verdict = verify(ledger.records, serverRows, logEntries, clients);
+    const serverExits = nodes.flatMap((node) => node.unexpectedExits);
+    const uncaughtErrors = nodes.flatMap((node) => node.crashSigns);
+    const at = (epoch: number) => `${Math.round((epoch - started) / 100) / 10} s`;
+    for (const exit of serverExits) {
+      verdict.findings.push({
+        kind: 'server-exit',
+        detail: `node ${exit.node} exited on its own at ${at(exit.at)} (${exit.signal ?? `code ${exit.code}`})`,
+      });
+    }
+    for (const sign of uncaughtErrors) {
+      verdict.findings.push({ kind: 'uncaught-error', detail: `node ${sign.node} at ${at(sign.at)}: ${sign.line}` });
+    }
     for (const device of devices) {
       const diff = compareRows(serverRows, device.rows());
       for (const id of diff?.ids.slice(0, 3) ?? []) {
@@ -264,9 +301,14 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
         for (const [line, count] of node.headlines) total[line] = (total[line] ?? 0) + count;
         return total;
       }, {}),
+      serverExits,
+      uncaughtErrors,
+      startFailures: nodes.reduce((total, node) => total + node.startFailures, 0),
+      hostile: hostile?.report() ?? null,
     };
   } finally {
     stop.abort();
+    hostile?.dispose();
     for (const device of devices) device.dispose();
     for (const browser of browsers) await browser.close();
     await chromium?.close().catch(() => {});

@@ -10,18 +10,22 @@
  *   --rows 20                      rows the writers steer the table towards (fewer: more collisions)
  *   --seed 1
  *   --no-app                       no writes through the demo's htmx routes
+ *   --no-hostile                   no hostile participant (soak/hostile.ts: malformed requests, resets,
+ *                                  non-reading WebSocket and SSE clients, request floods)
  *   --no-hold                      devices apply server changes while a push is in flight, as the
  *                                  browser client did before src/client/push-gate.ts (shows that bug)
  *   --client-dir dir               serve the browsers this client build (rhtmx-sync.js) instead of dist/client
  *   --json path                    also write every report as JSON
  *
  * Prints the figures of each run and exits with 1 when any run lost,
- * duplicated or diverged.
+ * duplicated or diverged, or a server process crashed (exited on its own, or
+ * showed an uncaught exception or unhandled rejection on stderr).
  */
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { passed, runSoak, type SoakOptions, type SoakReport } from './harness.js';
+import type { HostileReport } from './hostile.js';
 import { ROOT } from './nodes.js';
 
 interface Cli {
@@ -33,6 +37,7 @@ interface Cli {
   runs: number;
   seed: number;
   appWriter: boolean;
+  hostile: boolean;
   holdDuringPush: boolean;
   tableRows: number;
   clientDir: string | null;
@@ -56,6 +61,7 @@ function parseArgs(argv: string[]): Cli {
     runs: 1,
     seed: 1,
     appWriter: true,
+    hostile: true,
     holdDuringPush: true,
     tableRows: 20,
     clientDir: null,
@@ -98,6 +104,9 @@ function parseArgs(argv: string[]): Cli {
       case '--no-app':
         cli.appWriter = false;
         break;
+      case '--no-hostile':
+        cli.hostile = false;
+        break;
       case '--rows':
         cli.tableRows = count('rows', value(), 1);
         break;
@@ -113,7 +122,7 @@ function parseArgs(argv: string[]): Cli {
       case '--help':
       case '-h':
         console.log(
-          'npm run soak -- [--store sqlite|postgres|both] [--duration 120] [--clients 12] [--browsers 2] [--nodes N] [--runs 1] [--rows 20] [--seed 1] [--no-app] [--no-hold] [--client-dir dir] [--json file]',
+          'npm run soak -- [--store sqlite|postgres|both] [--duration 120] [--clients 12] [--browsers 2] [--nodes N] [--runs 1] [--rows 20] [--seed 1] [--no-app] [--no-hostile] [--no-hold] [--client-dir dir] [--json file]',
         );
         process.exit(0);
         break;
@@ -146,6 +155,10 @@ const ROWS: Array<[string, (report: SoakReport) => string | number]> = [
   ['duplicated', (r) => r.duplicated],
   ['divergent clients', (r) => `${r.divergentClients}${r.fixedByPull ? ` (${r.fixedByPull} fixed by a pull)` : ''}`],
   ['server kills (SIGKILL) / restarts', (r) => `${r.kills} / ${r.restarts}`],
+  [
+    'server crashes / uncaught errors',
+    (r) => `${r.serverExits.length} / ${r.uncaughtErrors.length}${r.startFailures ? ` (${r.startFailures} failed starts, retried)` : ''}`,
+  ],
   ['reloads / offline periods / disconnects', (r) => `${r.reloads} / ${r.offlinePeriods} / ${r.disconnects}`],
   ['final rows / log entries', (r) => `${r.serverRows} / ${r.logEntries}`],
   ['device push round trip p50 / p99 / max (ms)', (r) => `${r.pushMs.p50} / ${r.pushMs.p99} / ${r.pushMs.max}`],
@@ -167,9 +180,62 @@ function printReport(report: SoakReport): void {
   const stderr = Object.entries(report.serverStderr).sort((a, b) => b[1] - a[1]);
   if (stderr.length > 0) console.log('  server stderr (first line of each message, how often):');
   for (const [line, count] of stderr.slice(0, 10)) console.log(`    ${count}× ${line}`);
+  for (const exit of report.serverExits.slice(0, 3)) {
+    // A crash that printed its uncaught error is shown once, with that excerpt below.
+    const shown = report.uncaughtErrors.some((sign) => sign.node === exit.node && Math.abs(sign.at - exit.at) < 2_000);
+    console.log(`  node ${exit.node} exited on its own (${exit.signal ?? `code ${exit.code}`})${shown ? '' : '; its last stderr lines:'}`);
+    if (!shown) for (const line of exit.stderr) console.log(`    | ${line}`);
+  }
+  for (const sign of report.uncaughtErrors.slice(0, 3)) {
+    console.log(`  node ${sign.node}, uncaught on stderr: ${sign.line}`);
+    for (const line of sign.excerpt) console.log(`    | ${line}`);
+  }
+  if (report.hostile) printHostile(report.hostile);
   if (!passed(report) && report.serverErrors.length > 0) {
     console.log('  server stderr (last lines):');
     for (const line of report.serverErrors) console.log(`    ${line}`);
+  }
+}
+
+const tally = (counts: Record<string, number>) =>
+  Object.entries(counts)
+    .sort((a, b) => b[1] - a[1])
+    .map(([key, count]) => `${key} ×${count}`)
+    .join(', ') || 'none';
+
+function printHostile(h: HostileReport): void {
+  const { raw, ws, sse, pull } = h;
+  const kib = (bytes: number) => `${Math.round(bytes / 1024)} KiB`;
+  const latency = (s: HostileReport['pull']['quiet']) =>
+    `${s.p50} / ${s.p90} / ${s.p99} / ${s.max} (n ${s.n}, ${s.failed} failed, ${s.cold} left out: node just started)`;
+  console.log(`  hostile participant (${h.activeS} s of hostile traffic)`);
+  console.log(
+    `    raw TCP: ${raw.connections} connections (${raw.refused} refused: node down), ${raw.resets} reset by us (${raw.resetsAfterRequest} right after the request)`,
+  );
+  console.log(`      first answer: ${tally(raw.statuses)}`);
+  console.log(`    WebSocket flood: ${ws.opened}/${ws.attempts} opened, ${ws.sent} requests sent (${kib(ws.bytesSent)})`);
+  if (Object.keys(ws.refused).length > 0) console.log(`      handshake refused: ${tally(ws.refused)}`);
+  console.log(`      read in the reading windows (${kib(ws.bytesReceived)}): ${tally(ws.received)}`);
+  console.log(
+    `      closed by the server: ${tally(ws.closeCodes)}; died with their node: ${ws.diedWithNode}; closed by us: ${ws.closedByUs}` +
+      (Object.keys(ws.closeReasons).length > 0
+        ? ` (reasons: ${Object.entries(ws.closeReasons)
+            .map(([code, reason]) => `${code} ${JSON.stringify(reason)}`)
+            .join(', ')})`
+        : ''),
+  );
+  if (Object.keys(ws.errors).length > 0) console.log(`      errors: ${tally(ws.errors)}`);
+  console.log(
+    `    SSE: ${sse.stalled} streams not read, ${sse.abandoned} abandoned midway, ${sse.endedByServer} ended by the server (${sse.diedWithNode} died with their node), ${kib(sse.bytesRead)} read; statuses ${tally(sse.statuses)}`,
+  );
+  if (Object.keys(sse.errors).length > 0) console.log(`      errors: ${tally(sse.errors)}`);
+  console.log(`    normal client's pull p50 / p90 / p99 / max (ms): quiet ${latency(pull.quiet)}`);
+  console.log(`                                                hostile ${latency(pull.hostile)}`);
+  console.log(`      ratio hostile / quiet: p50 ${pull.ratioP50 ?? 'n/a'}, p99 ${pull.ratioP99 ?? 'n/a'}`);
+  console.log('    raw cases, as answered when not reset by us:');
+  for (const [name, outcomes] of Object.entries(raw.cases).sort((a, b) => a[0].localeCompare(b[0]))) {
+    const answered = Object.fromEntries(Object.entries(outcomes).filter(([outcome]) => !outcome.includes('by us')));
+    console.log(`      ${name}: ${tally(answered)}`);
   }
 }
 
@@ -194,6 +260,7 @@ async function main(): Promise<void> {
         devices: cli.devices,
         browsers: cli.browsers,
         appWriter: cli.appWriter,
+        hostile: cli.hostile,
         holdDuringPush: cli.holdDuringPush,
         tableRows: cli.tableRows,
         clientDir: cli.clientDir ?? undefined,

@@ -26,7 +26,18 @@ export interface ClientState {
 
 /** One broken promise, with enough detail to find it in the log. */
 export interface Finding {
-  kind: 'lost' | 'duplicated' | 'divergent' | 'version-mismatch' | 'table-log-mismatch' | 'untracked-write' | 'not-drained';
+  kind:
+    | 'lost'
+    | 'duplicated'
+    | 'divergent'
+    | 'version-mismatch'
+    | 'table-log-mismatch'
+    | 'untracked-write'
+    | 'not-drained'
+    /** A server process ended without the soak killing or stopping it (harness.ts). */
+    | 'server-exit'
+    /** A server's stderr shows an uncaught exception, an unhandled rejection or a fatal error (harness.ts). */
+    | 'uncaught-error';
   detail: string;
 }
 

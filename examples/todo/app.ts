@@ -125,7 +125,13 @@ export function createApp({ todos, engine, htmx, debug }: AppOptions) {
   }
 
   async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://localhost');
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://localhost');
+    } catch {
+      send(res, 400, 'malformed request target', 'text/plain; charset=utf-8');
+      return;
+    }
     const method = (req.method ?? 'GET').toUpperCase();
     const path = url.pathname;
 

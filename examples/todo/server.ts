@@ -34,7 +34,8 @@ const engine = new SyncEngine({
   debug,
   clientDir: process.env.RHTMX_CLIENT_DIR || undefined,
   // Every limit set explicitly, so the demo shows them: bodies, JSON depth, batch size, pull pages,
-  // WebSocket message size and rate, slow-consumer buffer and connections per user.
+  // WebSocket message size, rate, pending requests and row budget, bytes queued per connection and
+  // connections per user (docs/security.md).
   limits: {
     maxBodyBytes: 256 * 1024,
     maxJsonDepth: 16,
@@ -43,6 +44,8 @@ const engine = new SyncEngine({
     maxPullLimit: 2000,
     maxWsMessageBytes: 256 * 1024,
     wsMessagesPerSecond: 100,
+    maxPendingRequests: 32,
+    wsRowsPerSecond: 100_000,
     maxBufferedBytes: 4 * 1024 * 1024,
     maxConnectionsPerUser: 16,
   },

@@ -306,7 +306,11 @@ export abstract class SocketEndpoint {
     try {
       webRequest = toWebRequest(request);
       user = await admit(webRequest, this.options, 'live');
-      if (socket.destroyed) return; // reset while authorize ran
+      // Reset (RST) or closed (FIN, as a closed tab sends) while authorize ran: no slot for a connection already gone.
+      if (socket.destroyed || !socket.readable || !socket.writable) {
+        socket.destroy();
+        return;
+      }
       release = this.options.sessions.acquire(user);
     } catch (error) {
       const refusal = toSyncError(error);
