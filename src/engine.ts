@@ -178,7 +178,7 @@ export class SyncEngine {
       onError,
     });
     this.state = { store, service, hub, http, ws, field, sessions };
-    this.logger.debug({ entities: service.entityNames, dialect: store.dialect }, 'rhtmx-sync: ready');
+    this.logger.debug({ entities: service.entityNames }, 'rhtmx-sync: ready');
   }
 
   private async running() {

@@ -25,5 +25,5 @@ export {
 export { SyncError } from './core/errors.js';
 export { HybridClock, hlcWallMs, packHlc } from './core/hlc.js';
 export * from './core/protocol.js';
-export type { Store, TableSchema } from './core/store.js';
+export type { FieldStore, FieldTarget, Store, TableSchema } from './core/store.js';
 export { SyncEngine } from './engine.js';

@@ -144,7 +144,7 @@ export class ChangeHub<T extends Versioned = Change> {
   /** When the last live batch finished going out (performance.now()). */
   private publishedAt = Number.NEGATIVE_INFINITY;
   /** Pending drain while writes are gathered into one batch. */
-  private gathering: NodeJS.Timeout | null = null;
+  private gathering: ReturnType<typeof setTimeout> | null = null;
   private stopWatching: (() => void) | null = null;
   /** Set by stop(): a read still in flight then ends quietly (the store may be closing under it). */
   private stopped = false;

@@ -230,15 +230,29 @@ function validateDecision(
   return { ...decision, data };
 }
 
+/** base64url (RFC 4648 §5, unpadded) of a string's UTF-8 bytes, with Web APIs only (core runs beyond Node). */
+function toBase64Url(text: string): string {
+  let binary = '';
+  for (const byte of new TextEncoder().encode(text)) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/** The string a base64url token encodes; throws on anything that is not base64url of UTF-8. */
+function fromBase64Url(token: string): string {
+  if (!/^[A-Za-z0-9_-]*$/.test(token)) throw new Error('not base64url');
+  const bytes = Uint8Array.from(atob(token.replace(/-/g, '+').replace(/_/g, '/')), (char) => char.charCodeAt(0));
+  return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+}
+
 /** Snapshot continuation: the version the snapshot is pinned to and the last key served. */
 export function encodeSnapshotToken(version: number, after: string): string {
-  return Buffer.from(JSON.stringify([version, after])).toString('base64url');
+  return toBase64Url(JSON.stringify([version, after]));
 }
 
 export function decodeSnapshotToken(token: string): { version: number; after: string } {
   try {
     if (token.length > 1024) throw new Error('too long');
-    const [version, after] = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as [unknown, unknown];
+    const [version, after] = JSON.parse(fromBase64Url(token)) as [unknown, unknown];
     if (!Number.isSafeInteger(version) || (version as number) < 0 || typeof after !== 'string' || after.includes('\u0000')) {
       throw new Error('shape');
     }

@@ -12,6 +12,7 @@ import type { FieldMergeStrategy, SyncLimits, SyncLogger } from '../core/config.
 import { SyncError } from '../core/errors.js';
 import type { HybridClock } from '../core/hlc.js';
 import { ChangeHub } from '../core/hub.js';
+import type { FieldChange } from '../core/protocol.js';
 import { ErrorCode } from '../core/protocol.js';
 import type { Store } from '../core/store.js';
 import type { SyncService } from '../core/sync-service.js';
@@ -19,15 +20,8 @@ import type { Access } from '../transports/gate.js';
 import { errorResponse } from '../transports/http.js';
 import { refuseUpgrade } from '../transports/refuse.js';
 import { FieldHttpRoutes } from './http.js';
-import type { FieldChange } from './protocol.js';
 import { FieldService } from './service.js';
-import type { FieldStore } from './store.js';
 import { FieldWebSocket } from './websocket.js';
-
-export type { FieldPolicy } from './merge.js';
-export { decideField } from './merge.js';
-export * from './protocol.js';
-export type { FieldStore, FieldTarget } from './store.js';
 
 /** What the engine hands the field-sync module. */
 export interface FieldSyncDeps extends Access {
@@ -55,30 +49,9 @@ export interface FieldSyncModule {
   close(): Promise<void>;
 }
 
-const isBetterSqlite = (db: unknown): boolean => typeof db === 'object' && db !== null && 'prepare' in db && 'pragma' in db;
-const isPgPool = (db: unknown): boolean => typeof db === 'object' && db !== null && 'query' in db && 'connect' in db;
-
-/** The FieldStore for the engine's database, or null when it has none (a custom Store without a pg pool). */
-async function openFieldStore(store: Store): Promise<FieldStore | null> {
-  switch (store.dialect) {
-    case 'sqlite': {
-      const db = (store as { db?: unknown }).db;
-      if (!isBetterSqlite(db)) throw new TypeError('rhtmx-sync: field-level sync on SQLite needs the built-in SqliteStore');
-      const { SqliteFieldStore } = await import('../stores/sqlite-fields.js');
-      return new SqliteFieldStore(db as ConstructorParameters<typeof SqliteFieldStore>[0]);
-    }
-    case 'postgres': {
-      const pool = (store as { pool?: unknown }).pool;
-      if (!isPgPool(pool)) return null;
-      const { PostgresFieldStore } = await import('../stores/postgres-fields.js');
-      return new PostgresFieldStore(pool as ConstructorParameters<typeof PostgresFieldStore>[0], store);
-    }
-  }
-}
-
 export async function createFieldSync(deps: FieldSyncDeps): Promise<FieldSyncModule> {
-  const store = await openFieldStore(deps.store);
-  if (!store) return unavailable(deps);
+  if (!deps.store.openFieldStore) return unavailable(deps);
+  const store = await deps.store.openFieldStore();
   const onError = (error: unknown) => deps.logger.error({ err: error }, 'rhtmx-sync: field sync internal error');
   const service = new FieldService(store, deps.service, deps.clock, deps.strategy, deps.limits);
   await store.init(service.allTargets());
@@ -111,7 +84,7 @@ export async function createFieldSync(deps: FieldSyncDeps): Promise<FieldSyncMod
     { ...access, path: `${deps.basePath}/ws`, limits: deps.limits, heartbeatMs: deps.heartbeatMs ?? 30_000, onError },
     onPush,
   );
-  deps.logger.debug({ strategy: deps.strategy, dialect: store.dialect }, 'rhtmx-sync: field sync ready');
+  deps.logger.debug({ strategy: deps.strategy }, 'rhtmx-sync: field sync ready');
   return {
     handle: (request, url) => http.handle(request, url),
     handleUpgrade: (request, socket, head) => {
@@ -129,12 +102,13 @@ export async function createFieldSync(deps: FieldSyncDeps): Promise<FieldSyncMod
 }
 
 /**
- * Field sync configured on a custom Store the field module cannot reach the
- * database through: entity-level sync keeps working, and every field route
- * says why it cannot answer instead of pretending the feature is not there.
+ * Field sync configured on a custom Store without the field capability:
+ * entity-level sync keeps working, and every field route says why it cannot
+ * answer instead of pretending the feature is not there.
  */
 function unavailable(deps: FieldSyncDeps): FieldSyncModule {
-  const message = `field-level sync needs the built-in ${deps.store.dialect} store (this Store has no field bookkeeping); entity-level sync under /api/sync works`;
+  const message =
+    'field-level sync needs a store with field bookkeeping (Store.openFieldStore; the built-in SQLite and PostgreSQL stores have it); entity-level sync under /api/sync works';
   deps.logger.warn(`rhtmx-sync: ${message}`);
   const base = deps.basePath;
   const ours = (path: string) => path === base || path.startsWith(`${base}/`);

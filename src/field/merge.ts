@@ -12,8 +12,8 @@
  */
 import { FieldMergeStrategy } from '../core/config.js';
 import { type HybridClock, packHlc } from '../core/hlc.js';
-import { ROW_FIELD } from './protocol.js';
-import type { FieldDecision, FieldServerState, FieldWrite, WriteStamp } from './store.js';
+import { ROW_FIELD } from '../core/protocol.js';
+import type { FieldDecision, FieldServerState, FieldWrite, WriteStamp } from '../core/store.js';
 
 export interface FieldPolicy {
   strategy: FieldMergeStrategy;

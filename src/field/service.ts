@@ -6,13 +6,13 @@ import { checkWrite, scopedClientId } from '../core/access.js';
 import type { FieldMergeStrategy, ResolvedEntity, SyncLimits, SyncUser } from '../core/config.js';
 import { badRequest, SyncError } from '../core/errors.js';
 import type { HybridClock } from '../core/hlc.js';
+import type { FieldPullResponse, FieldPushResponse, FieldPushResult, LatestFieldsResponse } from '../core/protocol.js';
 import { ErrorCode, type Row } from '../core/protocol.js';
 import { toSchemaIssues } from '../core/standard-schema.js';
+import type { FieldOutcome, FieldStore, FieldTarget, FieldValue, RowWrite, RowWriteCheck } from '../core/store.js';
 import { decodeSnapshotToken, encodeSnapshotToken, type SyncService } from '../core/sync-service.js';
 import { normaliseId } from '../core/validation.js';
 import { decideField, type FieldPolicy } from './merge.js';
-import type { FieldPullResponse, FieldPushResponse, FieldPushResult, LatestFieldsResponse } from './protocol.js';
-import type { FieldOutcome, FieldStore, FieldTarget, FieldValue, RowWrite, RowWriteCheck } from './store.js';
 import { coerceFieldValue, fieldColumns, validateFieldPush } from './validation.js';
 
 /** A field-synced entity: its table, writable columns and configuration (rules, schema). */

@@ -8,10 +8,9 @@
 import type { SyncLimits } from '../core/config.js';
 import { badRequest, SyncError } from '../core/errors.js';
 import { parseClientTimestamp } from '../core/hlc.js';
-import { type ColumnSchema, ErrorCode } from '../core/protocol.js';
+import { type ColumnSchema, ErrorCode, type FieldAction, ROW_FIELD } from '../core/protocol.js';
+import type { FieldTarget, FieldValue, FieldWrite } from '../core/store.js';
 import { normaliseId } from '../core/validation.js';
-import { type FieldAction, ROW_FIELD } from './protocol.js';
-import type { FieldTarget, FieldValue, FieldWrite } from './store.js';
 
 /** Client ids are opaque but bounded (same rule as entity pushes). */
 const CLIENT_ID = /^[A-Za-z0-9_.:-]{1,128}$/;

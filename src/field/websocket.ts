@@ -9,6 +9,7 @@
 import type { SyncUser } from '../core/config.js';
 import { badRequest, SyncError } from '../core/errors.js';
 import { type ChangeHub, EntityFilter } from '../core/hub.js';
+import type { FieldChange, FieldServerMessage } from '../core/protocol.js';
 import { ErrorCode } from '../core/protocol.js';
 import {
   optionalCount,
@@ -18,7 +19,6 @@ import {
   type SocketEndpointOptions,
   type SyncConnection,
 } from '../transports/socket-endpoint.js';
-import type { FieldChange, FieldServerMessage } from './protocol.js';
 import type { FieldService } from './service.js';
 
 /** Replies to requests (live `field_change` messages are not replies). */

@@ -23,10 +23,9 @@ import { isDeepStrictEqual } from 'node:util';
 import type { Pool, PoolClient } from 'pg';
 import { quoteIdent } from '../core/config.js';
 import { SyncError } from '../core/errors.js';
-import { type ColumnSchema, ErrorCode, type Row } from '../core/protocol.js';
+import { type ColumnSchema, ErrorCode, type FieldChange, ROW_FIELD, type Row } from '../core/protocol.js';
 import type { SchemaIssue } from '../core/standard-schema.js';
 import type { Store } from '../core/store.js';
-import { type FieldChange, ROW_FIELD } from '../field/protocol.js';
 import {
   type FieldChangePage,
   type FieldDecision,
@@ -43,7 +42,7 @@ import {
   type RowWrite,
   type RowWriteCheck,
   type WriteStamp,
-} from '../field/store.js';
+} from '../core/store.js';
 import {
   CLIENT_SETTING,
   describeWriteError,
@@ -113,7 +112,6 @@ function toFieldChange(row: ChangeRow): FieldChange {
 }
 
 export class PostgresFieldStore implements FieldStore {
-  readonly dialect = 'postgres';
   private readonly entities = new Map<string, PreparedFieldEntity>();
   private names!: { fv: string; clients: string; log: string; capture: string };
 

@@ -40,6 +40,7 @@ import { type Change, type ChangeAction, type ColumnSchema, ErrorCode, type Row 
 import type {
   AppliedChange,
   EntityTarget,
+  FieldStore,
   LogPage,
   PushBatch,
   ServerRowState,
@@ -229,7 +230,12 @@ class VersionHorizon {
 
 /** PostgreSQL implementation of the Store contract. */
 export class PostgresStore implements Store {
-  readonly dialect = 'postgres';
+  /** Field-level bookkeeping on the same database (loaded only when field sync is on). */
+  async openFieldStore(): Promise<FieldStore> {
+    const { PostgresFieldStore } = await import('./postgres-fields.js');
+    return new PostgresFieldStore(this.pool, this);
+  }
+
   private readonly entities = new Map<string, PreparedEntity>();
   private readonly pollMs: number;
   private readonly onError: (error: unknown) => void;

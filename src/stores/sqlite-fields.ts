@@ -18,8 +18,8 @@ import type BetterSqlite3 from 'better-sqlite3';
 import { quoteIdent } from '../core/config.js';
 import { SyncError } from '../core/errors.js';
 import type { ColumnSchema, Row } from '../core/protocol.js';
+import { type FieldChange, ROW_FIELD } from '../core/protocol.js';
 import type { SchemaIssue } from '../core/standard-schema.js';
-import { type FieldChange, ROW_FIELD } from '../field/protocol.js';
 import {
   type FieldChangePage,
   type FieldDecision,
@@ -36,7 +36,7 @@ import {
   type RowWrite,
   type RowWriteCheck,
   type WriteStamp,
-} from '../field/store.js';
+} from '../core/store.js';
 import { CONTEXT_TABLE, LOG_TABLE } from './sqlite.js';
 
 type Database = BetterSqlite3.Database;
@@ -146,7 +146,6 @@ function describeWriteError(error: unknown): string {
 }
 
 export class SqliteFieldStore implements FieldStore {
-  readonly dialect = 'sqlite';
   private readonly entities = new Map<string, PreparedFieldEntity>();
   private s!: {
     maxVersion: Statement;

@@ -14,6 +14,7 @@ import type { Change, ChangeAction, ColumnSchema, Row } from '../core/protocol.j
 import type {
   AppliedChange,
   EntityTarget,
+  FieldStore,
   LogPage,
   PushBatch,
   ServerRowState,
@@ -93,7 +94,12 @@ function jsonValueExpression(column: ColumnSchema, ref: string): string {
 }
 
 export class SqliteStore implements Store {
-  readonly dialect = 'sqlite';
+  /** Field-level bookkeeping on the same database (loaded only when field sync is on). */
+  async openFieldStore(): Promise<FieldStore> {
+    const { SqliteFieldStore } = await import('./sqlite-fields.js');
+    return new SqliteFieldStore(this.db);
+  }
+
   private readonly entities = new Map<string, PreparedEntity>();
   private readonly pollMs: number;
   private statements!: {

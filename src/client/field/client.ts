@@ -15,7 +15,7 @@
  *   conflict events to every tab.
  */
 
-import { type FieldAction, type FieldPushResult, type LatestFieldsResponse, ROW_FIELD } from '../../field/protocol.js';
+import { type FieldAction, type FieldPushResult, type LatestFieldsResponse, ROW_FIELD } from '../../core/protocol.js';
 import { deadline, fetchJson, type HttpError } from '../connection.js';
 import { type ChangedDetail, changeEvents, dispatch, type RowChange } from '../events.js';
 import { uuid } from '../hlc.js';

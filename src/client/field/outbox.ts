@@ -19,13 +19,7 @@
  *   settles that one change and the queue moves on.
  */
 
-import {
-  type FieldAction,
-  type FieldPushChange,
-  type FieldPushResult,
-  type LatestFieldsResponse,
-  ROW_FIELD,
-} from '../../field/protocol.js';
+import { type FieldAction, type FieldPushChange, type FieldPushResult, type LatestFieldsResponse, ROW_FIELD } from '../../core/protocol.js';
 import { backoff } from '../connection.js';
 import type { RowChange } from '../events.js';
 import { hlcNow, hlcObserve } from '../hlc.js';

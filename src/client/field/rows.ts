@@ -10,7 +10,7 @@
  * Store names contain a colon, which entity names cannot, so they never collide.
  */
 
-import { type FieldAction, ROW_FIELD } from '../../field/protocol.js';
+import { type FieldAction, ROW_FIELD } from '../../core/protocol.js';
 import type { RowChange } from '../events.js';
 import { req } from '../idb.js';
 import type { StoredRow } from '../replica.js';

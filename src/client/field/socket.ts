@@ -6,7 +6,7 @@
  * closed when that goes down; when it cannot open, requests go over HTTP.
  */
 
-import type { FieldClientMessage, FieldServerMessage } from '../../field/protocol.js';
+import type { FieldClientMessage, FieldServerMessage } from '../../core/protocol.js';
 import { backoff } from '../connection.js';
 
 /** How long a request waits for its reply before it counts as a network failure. */
