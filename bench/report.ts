@@ -29,7 +29,8 @@ export function renderMarkdown(environment: Record<string, unknown>, results: Su
   if (targets.length > 0) {
     lines.push('### Targets', '', '| what | measured | goal | met |', '| --- | --- | --- | --- |');
     for (const target of targets) {
-      lines.push(`| ${cell(target.what)} | ${target.ratio.toFixed(2)}× | ${cell(target.goal)} | ${target.met ? 'yes' : '**no**'} |`);
+      const measured = target.measured ?? `${target.ratio.toFixed(2)}×`;
+      lines.push(`| ${cell(target.what)} | ${cell(measured)} | ${cell(target.goal)} | ${target.met ? 'yes' : '**no**'} |`);
     }
     lines.push('');
   }

@@ -4,10 +4,12 @@
  * Runs every benchmark on loopback, each against a floor or a peer measured
  * in this same run, and writes bench/results/latest.json plus the tables in
  * docs/benchmarks.md. Options: `--quick`, `--only=<id>[,<id>…]` (suite ids:
- * fanout-latency, throughput, catch-up, push, memory, browser), `--no-docs`.
+ * fanout-latency, throughput, catch-up, push, memory, browser, hostile; only
+ * those suites' entries in the results file are replaced, and docs are not
+ * rewritten), `--no-docs`.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { now } from './lib/clock.js';
@@ -17,6 +19,7 @@ import { renderMarkdown, writeDocs } from './report.js';
 import { browserSuite } from './suites/browser.js';
 import { catchUp } from './suites/catch-up.js';
 import { fanoutLatency } from './suites/fanout-latency.js';
+import { hostileSuite } from './suites/hostile.js';
 import { memorySuite } from './suites/memory.js';
 import { pushSuite } from './suites/push.js';
 import { throughput } from './suites/throughput.js';
@@ -28,6 +31,7 @@ const SUITES: Record<string, (ctx: BenchContext) => Promise<SuiteResult>> = {
   push: pushSuite,
   memory: memorySuite,
   browser: browserSuite,
+  hostile: hostileSuite,
 };
 
 const args = process.argv.slice(2);
@@ -95,10 +99,13 @@ async function main(): Promise<void> {
     commit: gitCommit(),
     durationS: Math.round((now() - started) / 1000),
   };
-  const output = { environment, suites: results };
   mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
   const name = quick ? 'latest-quick.json' : 'latest.json';
-  writeFileSync(join(ROOT, 'bench/results', name), `${JSON.stringify(output, null, 2)}\n`);
+  const file = join(ROOT, 'bench/results', name);
+  // A run of some suites replaces only theirs in the results file (each carrying its own run's environment);
+  // the others, and the file's environment, stay those of the last run of everything.
+  const output = only && existsSync(file) ? mergeResults(file, environment, results) : { environment, suites: results };
+  writeFileSync(file, `${JSON.stringify(output, null, 2)}\n`);
   log(`wrote bench/results/${name}`);
   const markdown = renderMarkdown(environment, results);
   console.log(`\n${markdown}`);
@@ -110,6 +117,18 @@ async function main(): Promise<void> {
     log(`failed suites: ${failed.join(', ')}`);
     process.exitCode = 1;
   }
+}
+
+function mergeResults(file: string, environment: Record<string, unknown>, results: SuiteResult[]): unknown {
+  const previous = JSON.parse(readFileSync(file, 'utf8')) as { environment?: unknown; suites?: Array<{ id: string }> };
+  const suites: unknown[] = [...(previous.suites ?? [])];
+  for (const result of results) {
+    const entry = { ...result, environment };
+    const at = suites.findIndex((suite) => (suite as { id: string }).id === result.id);
+    if (at >= 0) suites[at] = entry;
+    else suites.push(entry);
+  }
+  return { ...previous, suites };
 }
 
 const round1 = (value: number | undefined) => Math.round((value ?? 0) * 10) / 10;

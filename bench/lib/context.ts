@@ -15,6 +15,8 @@ export interface Target {
   what: string;
   /** The measured ratio. */
   ratio: number;
+  /** What the table shows instead of the ratio, when the goal is not a ratio (e.g. `+0.3 ms/s`). */
+  measured?: string;
   /** e.g. "≤ 1.5× raw ws p99". */
   goal: string;
   met: boolean;
