@@ -76,11 +76,6 @@ export class LiveSessions {
     return count;
   }
 
-  /** Slots held per user (diagnostics and tests). */
-  slotsHeld(userId: string): number {
-    return this.slots.get(userId) ?? 0;
-  }
-
   /** Re-check the rights of every connection of `userId` (every connection when omitted) now. */
   async refresh(userId?: string): Promise<void> {
     const due = [...this.sessions].filter((session) => userId === undefined || session.user?.id === userId);

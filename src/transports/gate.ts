@@ -26,7 +26,7 @@ export type RequestKind = 'read' | 'write' | 'live';
 
 /** Run the checks for one request; resolves to its user (null without an authorize hook). */
 export async function admit(request: Request, access: Access, kind: RequestKind): Promise<SyncUser | null> {
-  checkHost(new URL(request.url).host, arrivedOverLoopback(request), access);
+  admitPublic(request, access);
   if (kind !== 'read') checkOrigin(request.headers, request.url, access.allowedOrigins);
   return resolveUser(access.authorize, request);
 }

@@ -5,7 +5,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { badRequest } from '../core/errors.js';
-import { claimNodeEventStream } from './sse.js';
+import { claimNodeEventStream, drained } from './sse.js';
 
 /** A `Host` header: a reg-name, IPv4 or bracketed IPv6 address, and an optional port 0–65535. */
 const HOST = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::(\d{1,5}))?$/;
@@ -99,15 +99,7 @@ export async function sendWebResponse(res: ServerResponse, response: Response, r
       if (done) break;
       if (!res.write(value)) {
         // Wait for the socket to drain; meanwhile the stream's own queue fills and bounds memory.
-        await new Promise<void>((resolve) => {
-          const resume = () => {
-            res.off('drain', resume);
-            res.off('close', resume);
-            resolve();
-          };
-          res.once('drain', resume);
-          res.once('close', resume);
-        });
+        await drained(res);
         if (res.destroyed) break;
       }
     }

@@ -190,7 +190,6 @@ export class SyncConnection implements LiveSession {
   /**
    * Re-run authorize on the upgrade request: a refused session closes the
    * socket (4401 ended, 4403 forbidden); changed rights re-scope its live view.
-   * Returns whether the socket may go on.
    */
   async recheck(): Promise<void> {
     await this.currentUser();

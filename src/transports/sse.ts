@@ -297,18 +297,22 @@ export function claimNodeEventStream(response: Response, res: ServerResponse): b
       res.write(bytes);
     },
     queued: () => res.writableLength,
-    drain: () =>
-      new Promise<void>((resolve) => {
-        if (res.destroyed || res.writableLength === 0) return resolve();
-        const done = () => {
-          res.off('drain', done);
-          res.off('close', done);
-          resolve();
-        };
-        res.once('drain', done);
-        res.once('close', done);
-      }),
+    drain: () => drained(res),
     end: () => res.end(),
   });
   return true;
+}
+
+/** Resolves once `res` has handed its queued bytes to the socket ('drain'), or is gone. */
+export function drained(res: ServerResponse): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (res.destroyed || res.writableLength === 0) return resolve();
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.once('drain', done);
+    res.once('close', done);
+  });
 }
