@@ -4,9 +4,9 @@
  * Runs every benchmark on loopback, each against a floor or a peer measured
  * in this same run, and writes bench/results/latest.json plus the tables in
  * docs/benchmarks.md. Options: `--quick`, `--only=<id>[,<id>…]` (suite ids:
- * fanout-latency, throughput, catch-up, push, memory, browser, hostile; only
- * those suites' entries in the results file are replaced, and docs are not
- * rewritten), `--no-docs`.
+ * fanout-latency, throughput, catch-up, push, memory, browser, hostile,
+ * field-write; only those suites' entries in the results file are replaced,
+ * and docs are not rewritten), `--no-docs`.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -19,6 +19,7 @@ import { renderMarkdown, writeDocs } from './report.js';
 import { browserSuite } from './suites/browser.js';
 import { catchUp } from './suites/catch-up.js';
 import { fanoutLatency } from './suites/fanout-latency.js';
+import { fieldWriteSuite } from './suites/field-write.js';
 import { hostileSuite } from './suites/hostile.js';
 import { memorySuite } from './suites/memory.js';
 import { pushSuite } from './suites/push.js';
@@ -32,6 +33,7 @@ const SUITES: Record<string, (ctx: BenchContext) => Promise<SuiteResult>> = {
   memory: memorySuite,
   browser: browserSuite,
   hostile: hostileSuite,
+  'field-write': fieldWriteSuite,
 };
 
 const args = process.argv.slice(2);

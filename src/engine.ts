@@ -15,7 +15,8 @@ import {
   type SyncLimits,
   type SyncLogger,
 } from './core/config.js';
-import { SyncError, toSyncError } from './core/errors.js';
+import { SyncError } from './core/errors.js';
+import { FieldService } from './core/field/service.js';
 import { HybridClock } from './core/hlc.js';
 import { ChangeHub, storeSource } from './core/hub.js';
 import { type MetricsSnapshot, SyncMetrics } from './core/metrics.js';
@@ -31,12 +32,12 @@ import { LiveSessions } from './core/sessions.js';
 import type { Store } from './core/store.js';
 import { SyncService } from './core/sync-service.js';
 import { loadTracing } from './core/tracing.js';
-import type { FieldSyncModule } from './field/index.js';
 import { ClientAssets } from './transports/assets.js';
-import { errorResponse, HttpRoutes } from './transports/http.js';
-import { sendWebResponse, toWebRequest } from './transports/node.js';
-import { absorbErrors, refuseUpgrade } from './transports/refuse.js';
-import { WebSocketTransport } from './transports/websocket.js';
+import { HttpRoutes } from './transports/http.js';
+import { nodeHandler, routeUpgrade } from './transports/node.js';
+import { SocketEndpoint } from './transports/socket/endpoint.js';
+import { entityMessages, fieldMessages } from './transports/socket/families.js';
+import { refuseUpgrade } from './transports/socket/refuse.js';
 
 function consoleLogger(debug: boolean): SyncLogger {
   const write = (level: string, sink: (...args: unknown[]) => void) => (obj: object | string, msg?: string) =>
@@ -85,8 +86,8 @@ export class SyncEngine {
     service: SyncService;
     hub: ChangeHub;
     http: HttpRoutes;
-    ws: WebSocketTransport;
-    field: FieldSyncModule | null;
+    sockets: SocketEndpoint;
+    fields: FieldService | SyncError | null;
     sessions: LiveSessions;
   } | null = null;
   private closed = false;
@@ -97,7 +98,7 @@ export class SyncEngine {
     this.basePath = (config.basePath ?? DEFAULT_BASE_PATH).replace(/\/+$/, '');
     this.fieldBasePath = (config.fieldBasePath ?? DEFAULT_FIELD_BASE_PATH).replace(/\/+$/, '');
     this.limits = { ...DEFAULT_LIMITS, ...config.limits };
-    // Quiet by default (warnings and errors only); `debug: true` is the seed's debug logging.
+    // Quiet by default (warnings and errors only); `debug: true` is the original crate's debug logging.
     const logger = config.logger ?? consoleLogger(config.debug === true);
     this.logger = config.debug ? logger : { ...bind(logger), debug() {}, info() {} };
     this.clock = new HybridClock(Date.now, config.maxClockDriftMs);
@@ -107,7 +108,7 @@ export class SyncEngine {
     this.ready.catch(() => {});
   }
 
-  /** The seed's `SyncEngine::new(config).await`. */
+  /** The original crate's `SyncEngine::new(config).await`. */
   static async create(config: SyncEngineOptions | SyncConfig): Promise<SyncEngine> {
     const engine = new SyncEngine(config);
     await engine.ready;
@@ -118,11 +119,11 @@ export class SyncEngine {
     const db = this.options.db;
     if (isStore(db)) return db;
     if (isBetterSqlite(db)) {
-      const { SqliteStore } = await import('./stores/sqlite.js');
+      const { SqliteStore } = await import('./stores/sqlite/index.js');
       return new SqliteStore(db as ConstructorParameters<typeof SqliteStore>[0], { pollMs: this.options.pollMs });
     }
     if (isPgPool(db)) {
-      const { PostgresStore } = await import('./stores/postgres.js');
+      const { PostgresStore } = await import('./stores/postgres/index.js');
       return new PostgresStore(db as ConstructorParameters<typeof PostgresStore>[0], { pollMs: this.options.pollMs });
     }
     throw new TypeError('SyncEngine: `db` must be a better-sqlite3 Database, a pg Pool or a Store');
@@ -137,48 +138,62 @@ export class SyncEngine {
     const metrics = new SyncMetrics();
     const service = new SyncService(store, this.entities, schemas, this.clock, this.limits, this.fieldStrategy !== null, metrics);
     const onError = (error: unknown) => this.logger.error({ err: error }, 'rhtmx-sync: internal error');
-    const hub = new ChangeHub(storeSource(store), { onError, onPublished: (changes, seconds) => metrics.recordFanout(changes, seconds) });
+    const fields = await this.openFields(store, service);
+    const fieldStore = fields instanceof FieldService ? fields.store : null;
+    const hub = new ChangeHub(storeSource(store, fieldStore), {
+      onError,
+      onPublished: (changes, seconds) => metrics.recordFanout(changes, seconds),
+    });
     await hub.start();
-    const sessions = new LiveSessions(this.limits.maxConnectionsPerUser, this.options.rightsRecheckMs ?? 5_000);
+    const sessions = new LiveSessions(
+      this.limits.maxConnectionsPerUser,
+      this.options.rightsRecheckMs ?? 5_000,
+      this.limits.wsRowsPerSecond,
+    );
     const access = {
       authorize: this.options.authorize,
       allowedOrigins: this.options.allowedOrigins,
       allowedHosts: this.options.allowedHosts,
       sessions,
     };
-    let field: FieldSyncModule | null = null;
-    if (this.fieldStrategy !== null) {
-      const { createFieldSync } = await import('./field/index.js');
-      field = await createFieldSync({
-        ...access,
-        store,
-        service,
-        hub,
-        clock: this.clock,
-        strategy: this.fieldStrategy,
-        limits: this.limits,
-        basePath: this.fieldBasePath,
-        logger: this.logger,
-      });
-    }
-    const http = new HttpRoutes(service, hub, {
+    const http = new HttpRoutes(service, fields, hub, {
       ...access,
-      extra: field ? (request, url) => field.handle(request, url) : undefined,
       basePath: this.basePath,
+      fieldBasePath: this.fieldBasePath,
       limits: this.limits,
       heartbeatMs: this.options.heartbeatMs ?? 15_000,
       assets: new ClientAssets(this.options.clientDir),
       onError,
     });
-    const ws = new WebSocketTransport(service, hub, {
+    const families = [entityMessages(service, hub, `${this.basePath}/ws`)];
+    if (fields instanceof FieldService) families.push(fieldMessages(fields, hub, `${this.fieldBasePath}/ws`));
+    const sockets = new SocketEndpoint(hub, families, {
       ...access,
-      path: `${this.basePath}/ws`,
       limits: this.limits,
       heartbeatMs: this.options.heartbeatMs ?? 30_000,
       onError,
     });
-    this.state = { store, service, hub, http, ws, field, sessions };
+    this.state = { store, service, hub, http, sockets, fields, sessions };
     this.logger.debug({ entities: service.entityNames }, 'rhtmx-sync: ready');
+  }
+
+  /**
+   * Field-level sync when configured: a FieldService over the store's field
+   * capability, or, for a store without one, the refusal every field route
+   * answers with (entity-level sync keeps working).
+   */
+  private async openFields(store: Store, service: SyncService): Promise<FieldService | SyncError | null> {
+    if (this.fieldStrategy === null) return null;
+    if (!store.openFieldStore) {
+      const message =
+        'field-level sync needs a store with field bookkeeping (Store.openFieldStore; the built-in SQLite and PostgreSQL stores have it); entity-level sync under /api/sync works';
+      this.logger.warn(`rhtmx-sync: ${message}`);
+      return new SyncError(ErrorCode.NotImplemented, message, 501);
+    }
+    const fieldStore = await store.openFieldStore();
+    const fields = new FieldService(fieldStore, service, this.clock, this.fieldStrategy, this.limits);
+    await fieldStore.init(fields.allTargets());
+    return fields;
   }
 
   private async running() {
@@ -199,7 +214,7 @@ export class SyncEngine {
       const { http } = await this.running();
       return await http.handle(request);
     } catch (error) {
-      return errorResponse(error instanceof SyncError ? error : new SyncError(ErrorCode.Unavailable, 'sync engine unavailable', 503));
+      return (error instanceof SyncError ? error : new SyncError(ErrorCode.Unavailable, 'sync engine unavailable', 503)).toResponse();
     }
   }
 
@@ -207,26 +222,12 @@ export class SyncEngine {
   fetch = async (request: Request): Promise<Response> => {
     return (
       (await this.handle(request)) ??
-      errorResponse(new SyncError(ErrorCode.NotFound, `no route ${new URL(request.url).pathname.slice(0, 100)}`, 404))
+      new SyncError(ErrorCode.NotFound, `no route ${new URL(request.url).pathname.slice(0, 100)}`, 404).toResponse()
     );
   };
 
   /** node:http handler: answers and returns true for the engine's paths, returns false for others. */
-  handleNode = async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
-    const path = ((req as { originalUrl?: string }).originalUrl ?? req.url ?? '/').split('?')[0] ?? '/';
-    if (!this.matches(path)) return false;
-    let request: Request;
-    try {
-      request = toWebRequest(req, res);
-    } catch (error) {
-      // A malformed Host or target: a 400 with a message, never a stack trace.
-      await sendWebResponse(res, errorResponse(toSyncError(error)), req);
-      return true;
-    }
-    const response = await this.handle(request);
-    if (response) await sendWebResponse(res, response, req);
-    return response !== null;
-  };
+  handleNode: (req: IncomingMessage, res: ServerResponse) => Promise<boolean> = nodeHandler(this);
 
   /**
    * Route WebSocket upgrades for the engine's paths on this server. An upgrade
@@ -244,35 +245,23 @@ export class SyncEngine {
     return this;
   }
 
-  /**
-   * Take over an upgrade for the engine's paths; returns false for other paths.
-   * Whatever the request and whenever the client resets, the answer is a 4xx/5xx
-   * on the socket or a WebSocket: nothing here throws.
-   */
-  handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): boolean {
-    const path = (request.url ?? '').split('?')[0] ?? '';
-    if (!this.matches(path)) return false;
-    // Node stops listening for errors on an upgraded socket: a reset before we answer must not crash.
-    absorbErrors(socket);
-    this.running()
-      .then(
-        ({ ws, field }) => {
-          if (ws.owns(request)) ws.handleUpgrade(request, socket, head);
-          else if (!field?.handleUpgrade(request, socket, head)) {
-            refuseUpgrade(socket, new SyncError(ErrorCode.NotFound, `no WebSocket at ${path.slice(0, 100)}`, 404));
-          }
-        },
-        (error: unknown) =>
-          refuseUpgrade(socket, error instanceof SyncError ? error : new SyncError(ErrorCode.Unavailable, 'sync engine unavailable', 503)),
-      )
-      .catch((error: unknown) => {
-        this.logger.error({ err: error }, 'rhtmx-sync: upgrade failed');
-        refuseUpgrade(socket, toSyncError(error));
-      });
-    return true;
-  }
+  /** Take over an upgrade for the engine's paths (never throwing); returns false for other paths. */
+  handleUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => boolean = routeUpgrade(
+    (path) => this.matches(path),
+    async () => {
+      const { sockets, fields } = await this.running();
+      if (!(fields instanceof SyncError)) return sockets;
+      // Field sync configured on a store that cannot keep it: its socket says why, like its routes.
+      return {
+        owns: (request: IncomingMessage) => sockets.owns(request) || (request.url ?? '').split('?')[0] === `${this.fieldBasePath}/ws`,
+        handleUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) =>
+          sockets.owns(request) ? sockets.handleUpgrade(request, socket, head) : refuseUpgrade(socket, fields),
+      };
+    },
+    (error) => this.logger.error({ err: error }, 'rhtmx-sync: upgrade failed'),
+  );
 
-  /** `{ basePath, fetch, handleNode }`: the seed's `engine.routes()` for any server. */
+  /** `{ basePath, fetch, handleNode }`: the original crate's `engine.routes()` for any server. */
   routes() {
     return { basePath: this.basePath, fieldBasePath: this.fieldBasePath, fetch: this.fetch, handleNode: this.handleNode };
   }
@@ -320,11 +309,10 @@ export class SyncEngine {
   connections(): { websocket: number; sse: number; live: number; admitting: number } {
     const state = this.state;
     if (!state) return { websocket: 0, sse: 0, live: 0, admitting: 0 };
-    const field = state.field?.counts() ?? { websocket: 0, live: 0 };
     return {
       websocket: state.sessions.count('websocket'),
       sse: state.sessions.count('sse'),
-      live: state.hub.subscriberCount + field.live,
+      live: state.hub.subscriberCount,
       admitting: state.sessions.admitting,
     };
   }
@@ -371,11 +359,23 @@ export class SyncEngine {
     return () => metrics.fanoutListeners.delete(listener);
   }
 
-  /** Prune change-log entries older than `days` (fractions allowed). Returns how many were removed. */
-  async cleanup(days: number): Promise<number> {
-    if (!Number.isFinite(days) || days < 0) throw new TypeError('cleanup(days): days must be a non-negative number');
+  /**
+   * Prune change-log entries older than `days` (fractions allowed) and the
+   * field-level tombstones they covered. Exactly-once client records (entity
+   * and field pushes) are kept for `clientDays` (default: 30, or `days` when
+   * longer) since the client's last push. Returns how many log entries were removed.
+   */
+  async cleanup(days: number, options: { clientDays?: number } = {}): Promise<number> {
+    const clientDays = options.clientDays ?? Math.max(days, 30);
+    for (const [name, value] of [
+      ['days', days],
+      ['clientDays', clientDays],
+    ] as const) {
+      if (!Number.isFinite(value) || value < 0) throw new TypeError(`cleanup(): ${name} must be a non-negative number`);
+    }
     const { store } = await this.running();
-    return store.cleanup(Date.now() - days * 86_400_000);
+    const now = Date.now();
+    return store.cleanup(now - days * 86_400_000, now - clientDays * 86_400_000);
   }
 
   /** The store in use (for advanced use and tests). */
@@ -390,8 +390,8 @@ export class SyncEngine {
     if (!this.state) return;
     this.state.hub.stop();
     this.state.sessions.close();
-    await this.state.ws.close();
-    await this.state.field?.close();
+    await this.state.sockets.close();
+    if (this.state.fields instanceof FieldService) await this.state.fields.store.close();
     await this.state.store.close();
   }
 }

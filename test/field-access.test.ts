@@ -1,8 +1,8 @@
 /**
  * Field-level sync honours the engine's access control exactly like the
  * entity routes: the authorize hook (401), origin checks (403), per-user
- * exactly-once keys, the entity's write rule and Standard Schema; entities
- * with a read rule are refused (they are served by entity-level sync only).
+ * exactly-once keys, the entity's write rule and Standard Schema. Read
+ * scopes are in field-scopes.test.ts.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -50,17 +50,15 @@ describe('field sync: access control', () => {
   before(async () => {
     server = await startServer({
       setupSql: `CREATE TABLE notes (id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT);
-                 CREATE TABLE secrets (id TEXT PRIMARY KEY, owner TEXT NOT NULL, body TEXT);`,
+                `,
       entities: [
         // Anyone signed in may read notes; only the owner may change one.
         { name: 'notes', write: (attempt, user) => (attempt.current ?? attempt.data).owner === user?.id, schema: noteSchema },
-        { name: 'secrets', read: (secret, user) => secret.owner === user?.id },
       ],
       fieldSync: FieldMergeStrategy.LastWriteWins,
       authorize: (request) => sessions.get(request.headers.get('authorization')?.replace(/^Bearer /, '') ?? '') ?? null,
     });
-    server.db.exec(`INSERT INTO notes (id, owner, title) VALUES ('n1', 'alice', 'hello');
-                    INSERT INTO secrets (id, owner, body) VALUES ('s1', 'alice', 'shh')`);
+    server.db.exec(`INSERT INTO notes (id, owner, title) VALUES ('n1', 'alice', 'hello');`);
   });
   after(() => server.close());
 
@@ -141,23 +139,5 @@ describe('field sync: access control', () => {
       server.db.prepare(`SELECT client_id FROM _rhtmx_field_versions WHERE entity_id = 'b2' AND field = 'owner'`).pluck().get(),
       'shared',
     );
-  });
-
-  test('an entity with a read rule is not served by field sync (entity-level sync applies the rule)', async () => {
-    const pull = await call(`${server.url}/api/field-sync/secrets?since=0`, 'token-alice');
-    assert.equal(pull.status, 403);
-    assert.match(pull.body.error.message, /read rule/);
-    assert.equal((await call(`${server.url}/api/field-sync/secrets/s1/latest`, 'token-alice')).status, 403);
-    assert.equal((await push(server, 'secrets', 'token-alice', { changes: [{ entity_id: 's1', field: 'body', value: 'x' }] })).status, 403);
-    const ws = await WsClient.connect(server.wsUrl.replace('/api/sync/ws', '/api/field-sync/ws'), {
-      headers: { authorization: 'Bearer token-alice' },
-    });
-    try {
-      const reply = await ws.request({ type: 'subscribe', entities: ['secrets'] });
-      assert.deepEqual([reply.type, reply.code], ['error', 'forbidden']);
-    } finally {
-      ws.close();
-    }
-    assert.equal(row('secrets', 's1').body, 'shh');
   });
 });

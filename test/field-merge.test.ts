@@ -7,7 +7,7 @@ import { describe, test } from 'node:test';
 import { FieldMergeStrategy } from '../src/core/config.js';
 import { HybridClock, packHlc } from '../src/core/hlc.js';
 import type { FieldServerState, FieldWrite, WriteStamp } from '../src/core/store.js';
-import { decideField, type FieldPolicy } from '../src/field/merge.js';
+import { decideField, type FieldPolicy } from '../src/core/field/merge.js';
 
 const NOW = 1_700_000_000_000;
 const policy = (strategy: FieldMergeStrategy): FieldPolicy => ({ strategy, clock: new HybridClock(() => NOW, 1000), now: () => NOW });

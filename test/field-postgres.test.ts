@@ -1,5 +1,5 @@
 /**
- * Field-level sync on PostgreSQL (stores/postgres-fields.ts), over real HTTP
+ * Field-level sync on PostgreSQL (src/stores/postgres/fields.ts), over real HTTP
  * and WebSocket: per-field merges, strategies, HLC clamping, exactly-once,
  * writes from psql bumping only what they change, deletes, /latest, live
  * field_change, and cursors that stay correct when commits land out of order.

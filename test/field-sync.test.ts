@@ -8,12 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { FieldMergeStrategy } from '../src/core/config.js';
 import { HybridClock, hlcWallMs } from '../src/core/hlc.js';
-import type { ChangeHub } from '../src/core/hub.js';
-import { LiveSessions } from '../src/core/sessions.js';
 import type { Store } from '../src/core/store.js';
-import type { SyncService } from '../src/core/sync-service.js';
-import { createFieldSync } from '../src/field/index.js';
-import { DEFAULT_LIMITS } from '../src/index.js';
 import { getJson, postJson, startServer, type TestServer, WsClient, waitFor } from './helpers.js';
 
 const fieldUrl = (server: TestServer, path = '') => `${server.url}/api/field-sync/todos${path}`;
@@ -618,26 +613,34 @@ describe('field sync: client-wins', () => {
 });
 
 describe('field sync on a custom store without field bookkeeping', () => {
-  test('field routes answer a clear 501; entity-level sync is unaffected', async () => {
+  test('field routes and the field socket answer a clear 501; entity-level sync is unaffected', async () => {
+    const plain = await startServer();
+    const inner = await plain.engine.store();
+    // A custom Store: every method of the built-in one but the optional field capability.
+    const store: Store = Object.create(inner, { openFieldStore: { value: undefined } });
     const warnings: unknown[] = [];
     const logger = { debug() {}, info() {}, warn: (message: unknown) => warnings.push(message), error() {} };
-    const module = await createFieldSync({
-      store: {} as Store,
-      service: {} as SyncService,
-      hub: {} as ChangeHub,
-      clock: new HybridClock(),
-      strategy: FieldMergeStrategy.LastWriteWins,
-      limits: DEFAULT_LIMITS,
-      basePath: '/api/field-sync',
-      logger,
-      sessions: new LiveSessions(32, 0),
-    });
-    const response = await module.handle(new Request('http://x/api/field-sync/todos'), new URL('http://x/api/field-sync/todos'));
-    assert.equal(response?.status, 501);
-    const body = await response?.json();
-    assert.match(body.error.message, /needs a store with field bookkeeping/);
-    assert.equal(await module.handle(new Request('http://x/other'), new URL('http://x/other')), null);
-    assert.equal(warnings.length, 1);
-    await module.close();
+    const server = await startServer({ db: store, fieldSync: FieldMergeStrategy.LastWriteWins, logger });
+    try {
+      const { status, body } = await getJson(fieldUrl(server));
+      assert.equal(status, 501);
+      assert.equal(body.error.code, 'not_implemented');
+      assert.match(body.error.message, /needs a store with field bookkeeping/);
+      // The field socket is refused the same way as the routes.
+      const refusal = await WsClient.connect(fieldWsUrl(server)).then(
+        (client) => {
+          client.close();
+          return 'opened';
+        },
+        (error: Error) => error.message,
+      );
+      assert.match(refusal, /501/);
+      const pull = await getJson(`${server.url}/api/sync/todos?since=0`);
+      assert.equal(pull.status, 200);
+      assert.equal(warnings.length, 1);
+    } finally {
+      await server.close();
+      await plain.close();
+    }
   });
 });

@@ -7,7 +7,7 @@ import { CloseCode } from '../src/core/protocol.js';
 import { getJson, startServer, type TestServer, WsClient, waitFor } from './helpers.js';
 
 /**
- * Limits by cost on a WebSocket (src/transports/socket-endpoint.ts): bytes
+ * Limits by cost on a WebSocket (src/transports/socket/endpoint.ts): bytes
  * waiting to be sent (replies included) close the socket with 4008, messages
  * per second and requests waiting for an answer close it with 4029, and the
  * row budget delays requests instead of refusing them. Through all of it a
@@ -226,6 +226,38 @@ describe('WebSocket limits by cost', () => {
     assert.equal((await client.request({ type: 'ping' })).type, 'pong');
     client.close();
     await normal.check('after paced pages');
+  });
+
+  test("the row budget is the principal's: a reconnect does not refill it, another user is not held back", async (t) => {
+    const users = new Map([
+      ['spender', { id: 'spender' }],
+      ['other', { id: 'other' }],
+    ]);
+    const server = await startServer({
+      limits: { wsRowsPerSecond: 2000 },
+      authorize: (request) => users.get(new URL(request.url).searchParams.get('user') ?? '') ?? null,
+    });
+    t.after(() => server.close());
+    await seed(server, 4000);
+    const page = { type: 'sync', entity: 'todos', since: 0, limit: 2000 };
+    // Two pages spend the budget and put it 2,000 rows (a second) in debt, then the socket goes away.
+    const first = await WsClient.connect(`${server.wsUrl}?user=spender`);
+    assert.equal((await first.request(page)).type, 'sync');
+    assert.equal((await first.request(page)).type, 'sync');
+    first.close();
+    const again = await WsClient.connect(`${server.wsUrl}?user=spender`);
+    const other = await WsClient.connect(`${server.wsUrl}?user=other`);
+    t.after(() => {
+      again.socket.terminate();
+      other.socket.terminate();
+    });
+    const order: string[] = [];
+    await Promise.all([
+      again.request(page).then((reply) => order.push(`spender:${reply.type}`)),
+      other.request(page).then((reply) => order.push(`other:${reply.type}`)),
+    ]);
+    // Ordering, not timing: the reconnected spender waits for its budget; the other user does not wait for it.
+    assert.deepEqual(order, ['other:sync', 'spender:sync']);
   });
 
   test('catch-up is paced by the reader: a reading socket whose catch-up pages exceed maxBufferedBytes still catches up', async (t) => {

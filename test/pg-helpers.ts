@@ -14,7 +14,7 @@ import pg from 'pg';
 import { nodeHandler } from '../src/adapters/node.js';
 import type { SyncEngineOptions } from '../src/core/config.js';
 import { SyncEngine } from '../src/engine.js';
-import { LISTEN_APPLICATION_NAME } from '../src/stores/postgres.js';
+import { LISTEN_APPLICATION_NAME } from '../src/stores/postgres/index.js';
 
 /** Maintenance database used to create and drop test databases. */
 export const PG_ADMIN_URL = process.env.RHTMX_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
 import pg from 'pg';
 import type { Change } from '../src/core/protocol.js';
-import { PostgresStore } from '../src/stores/postgres.js';
+import { PostgresStore } from '../src/stores/postgres/index.js';
 import { getJson, postJson, WsClient, waitFor } from './helpers.js';
 import { connect, type PgTestServer, rawSql, startPgServer } from './pg-helpers.js';
 

@@ -11,7 +11,7 @@ import { SyncError } from '../src/core/errors.js';
 import { HybridClock } from '../src/core/hlc.js';
 import { ErrorCode } from '../src/core/protocol.js';
 import type { PushBatch, TableSchema, ValidatedChange, WriteDecision } from '../src/core/store.js';
-import { LISTEN_APPLICATION_NAME, PostgresStore } from '../src/stores/postgres.js';
+import { LISTEN_APPLICATION_NAME, PostgresStore } from '../src/stores/postgres/index.js';
 import { waitFor } from './helpers.js';
 import { connect, createTestDatabase, listenerPids, rawSql, type TestDatabase } from './pg-helpers.js';
 
@@ -327,7 +327,7 @@ describe('PostgresStore', () => {
     const tombstone = (await logRows("entity_id = 'c2' AND action = 'delete'"))[0]?.version as number;
     const before = await store.currentVersion();
     assert.equal(await store.retainedSince('todos'), 0);
-    const removed = await store.cleanup(Date.now() + 1000);
+    const removed = await store.cleanup(Date.now() + 1000, 0);
     assert.ok(removed > 0);
     assert.ok((await store.retainedSince('todos')) >= tombstone);
     // The newest entry of each live row survives; the cursor never moves back.

@@ -15,7 +15,7 @@ import { nodeHandler } from '../../src/adapters/node.js';
 import { EntityFilter, LiveBatch } from '../../src/core/hub.js';
 import type { Change } from '../../src/core/protocol.js';
 import { SyncEngine } from '../../src/engine.js';
-import { SqliteStore } from '../../src/stores/sqlite.js';
+import { SqliteStore } from '../../src/stores/sqlite/index.js';
 import { now } from '../lib/clock.js';
 import { serve } from '../lib/proc.js';
 import { type BenchDb, freshDb, INSERT_ITEM, itemParams, makeItem } from '../lib/rows.js';

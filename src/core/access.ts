@@ -5,7 +5,7 @@
  */
 import type { Authorize, ReadRule, SyncUser, WriteRule } from './config.js';
 import { SyncError } from './errors.js';
-import { type Change, ErrorCode, type Row } from './protocol.js';
+import { type Change, ErrorCode, type FieldChange, ROW_FIELD, type Row } from './protocol.js';
 import type { ServerRowState, ValidatedChange } from './store.js';
 
 /** Run the authorize hook; without one, everyone is anonymous and allowed. */
@@ -39,7 +39,12 @@ export async function reauthorize(authorize: Authorize | undefined, request: Req
 export interface LiveScope {
   key: string;
   apply: (change: Change) => Change;
+  /** The field changes this user may see; `rowOf` gives each change's row as the same batch leaves it. */
+  applyFields: (changes: readonly FieldChange[], rowOf: RowLookup) => FieldChange[];
 }
+
+/** A row by entity and id: the row, null when it is gone, undefined when unknown. */
+export type RowLookup = (entity: string, id: string) => Row | null | undefined;
 
 /** A deep copy of a user context (a shallow one when it holds what cannot be cloned, e.g. functions). */
 export function snapshotUser(user: SyncUser | null): SyncUser | null {
@@ -125,6 +130,40 @@ export function scopeChange(change: Change, read: ReadRule | undefined, user: Sy
   if (!read || change.action === 'delete' || change.data === null) return change;
   if (safeRule(() => read(change.data as Row, user))) return change;
   return { ...change, action: 'delete', data: null };
+}
+
+/**
+ * Field changes as `user` sees them, the field-level twin of `scopeChange`:
+ * a field of a row in scope passes; a row outside it becomes one row delete
+ * (`*`), so it disappears from clients that had it, or, in a snapshot, is left
+ * out. A field change whose row cannot be judged is dropped (failing closed).
+ */
+export function scopeFieldChanges(
+  changes: readonly FieldChange[],
+  readOf: (entity: string) => ReadRule | undefined,
+  user: SyncUser | null,
+  rowOf: RowLookup,
+  snapshot = false,
+): FieldChange[] {
+  const kept: FieldChange[] = [];
+  const removed = new Set<string>();
+  for (const change of changes) {
+    const read = readOf(change.entity);
+    if (!read || change.action === 'delete') {
+      kept.push(change);
+      continue;
+    }
+    const row = rowOf(change.entity, change.entity_id);
+    if (row && safeRule(() => read(row, user))) {
+      kept.push(change);
+      continue;
+    }
+    const key = `${change.entity}\u0000${change.entity_id}`;
+    if (snapshot || row === undefined || row === null || removed.has(key)) continue;
+    removed.add(key);
+    kept.push({ ...change, field: ROW_FIELD, value: null, action: 'delete' });
+  }
+  return kept;
 }
 
 /** Keep only rows inside the read scope (snapshots: rows never seen need no delete). */

@@ -1,11 +1,11 @@
 /**
- * Engine configuration: the seed's `SyncConfig` builder and `SyncStrategy`
+ * Engine configuration: the original crate's `SyncConfig` builder and `SyncStrategy`
  * enums, translated to TypeScript, plus the plain-object form.
  */
 import type { Row } from './protocol.js';
 import type { StandardSchemaV1 } from './standard-schema.js';
 
-/** How a conflicting push is settled (the seed's `SyncStrategy`). */
+/** How a conflicting push is settled (the original crate's `SyncStrategy`). */
 export const SyncStrategy = {
   /** The write with the newest hybrid-logical-clock timestamp wins (default). */
   LastWriteWins: 'last-write-wins',
@@ -18,7 +18,7 @@ export const SyncStrategy = {
 } as const;
 export type SyncStrategy = (typeof SyncStrategy)[keyof typeof SyncStrategy];
 
-/** How concurrent edits of the same field are settled (the seed's `FieldMergeStrategy`). */
+/** How concurrent edits of the same field are settled (the original crate's `FieldMergeStrategy`). */
 export const FieldMergeStrategy = {
   LastWriteWins: 'last-write-wins',
   KeepBoth: 'keep-both',
@@ -28,7 +28,7 @@ export const FieldMergeStrategy = {
 export type FieldMergeStrategy = (typeof FieldMergeStrategy)[keyof typeof FieldMergeStrategy];
 
 /**
- * A custom conflict resolver (the seed's `ConflictResolver::resolve`).
+ * A custom conflict resolver (the original crate's `ConflictResolver::resolve`).
  * Gets the server row (null when deleted), the client's row and the row at
  * the client's base version when the log still has it; returns the row to
  * store, or null to keep the server row and report a conflict.
@@ -66,7 +66,7 @@ export interface WriteAttempt {
 /** Row-level write rule: true to allow, false or a reason string to refuse (403, nothing written). */
 export type WriteRule = (attempt: WriteAttempt, user: SyncUser | null) => boolean | string;
 
-/** One synced entity: the seed's `#[derive(Syncable)] #[sync(table, strategy)]` as data. */
+/** One synced entity: the original crate's `#[derive(Syncable)] #[sync(table, strategy)]` as data. */
 export interface EntityConfig {
   /** Name on the wire and in `rhtmx:<name>:changed`. */
   name: string;
@@ -122,9 +122,10 @@ export interface SyncLimits {
   /** WebSocket messages a connection may send per second (burst the same); over it the socket is closed with 4029. */
   wsMessagesPerSecond: number;
   /**
-   * Rows a WebSocket may have read for it per second (`sync` pages and catch-up
-   * replay, burst the same). A request past it waits for the budget instead of
-   * running, so one socket cannot hog the database.
+   * Rows one user (or remote address) may have read for them per second over
+   * all their sockets (`sync` pages and catch-up replay, burst the same). A
+   * request past it waits for the budget instead of running, so one client
+   * cannot hog the database or the event loop; reconnecting does not refill it.
    */
   wsRowsPerSecond: number;
   /** Requests one WebSocket may have waiting for an answer; over it the socket is closed with 4029. */
@@ -142,7 +143,7 @@ export const DEFAULT_LIMITS: SyncLimits = {
   maxPullLimit: 10_000,
   maxBufferedBytes: 8 * 1024 * 1024,
   wsMessagesPerSecond: 200,
-  wsRowsPerSecond: 200_000,
+  wsRowsPerSecond: 20_000,
   maxPendingRequests: 64,
   maxConnectionsPerUser: 32,
 };
@@ -155,7 +156,7 @@ export interface SyncLogger {
   error(obj: object | string, msg?: string): void;
 }
 
-/** Plain-object configuration (the seed's `SyncConfig { db_pool, entities, strategy, debug }`). */
+/** Plain-object configuration (the original crate's `SyncConfig { db_pool, entities, strategy, debug }`). */
 export interface SyncEngineOptions {
   /** A better-sqlite3 `Database`, a pg `Pool`, or a ready `Store`. */
   db: unknown;
@@ -202,24 +203,12 @@ export interface SyncEngineOptions {
   rightsRecheckMs?: number;
 }
 
-/** The seed's builder: `new SyncConfig(db, ['todos']).withStrategy(...).withFieldSync(...)`. */
-export class SyncConfig implements SyncEngineOptions {
-  strategy?: SyncStrategy;
-  fieldSync?: FieldMergeStrategy | false;
-  debug?: boolean;
-  logger?: SyncLogger;
-  basePath?: string;
-  fieldBasePath?: string;
-  limits?: Partial<SyncLimits>;
-  heartbeatMs?: number;
-  pollMs?: number;
-  clientDir?: string;
-  maxClockDriftMs?: number;
-  authorize?: Authorize;
-  allowedOrigins?: string[];
-  allowedHosts?: string[];
-  rightsRecheckMs?: number;
+/** The original crate's builder: `new SyncConfig(db, ['todos']).withStrategy(...).withFieldSync(...)`. */
+// The builder carries every optional setting of SyncEngineOptions, declared once there and merged in here.
+export interface SyncConfig extends Omit<SyncEngineOptions, 'db' | 'entities'> {}
 
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: the merged members are all optional settings, set by the builder methods
+export class SyncConfig implements SyncEngineOptions {
   constructor(
     readonly db: unknown,
     readonly entities: Array<string | EntityConfig>,

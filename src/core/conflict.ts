@@ -17,7 +17,7 @@ export interface ConflictPolicy {
 /**
  * A change conflicts when the server row moved on since the client last saw
  * it: its version is past the client's base version, or (without a base
- * version, the seed's request shape) under last-write-wins its last write is
+ * version, the original crate's request shape) under last-write-wins its last write is
  * newer than the client's timestamp.
  */
 function isConcurrent(change: ValidatedChange, server: ServerRowState): boolean {

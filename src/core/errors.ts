@@ -1,9 +1,10 @@
 import { type ErrorBody, ErrorCode } from './protocol.js';
 
 /**
- * Every refusal the engine makes. It carries the HTTP status and a stable
- * code so transports can turn it into a 4xx JSON body or a WebSocket `error`
- * message without guessing.
+ * Every refusal the engine makes, on every edge. It carries the HTTP status
+ * and a stable code, and serializes itself: `toResponse()` is the HTTP answer
+ * (its body, `toBody()`, also answers a refused upgrade), `toMessage()` the
+ * `error` message of a socket. No transport words a refusal of its own.
  */
 export class SyncError extends Error {
   constructor(
@@ -20,6 +21,21 @@ export class SyncError extends Error {
     const body: ErrorBody = { error: { code: this.code, message: this.message } };
     if (this.details !== undefined) body.error.details = this.details;
     return body;
+  }
+
+  /** The HTTP answer: the status and the JSON body (Web `Response`, so any runtime serves it). */
+  toResponse(): Response {
+    return new Response(JSON.stringify(this.toBody()), {
+      status: this.status,
+      headers: { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' },
+    });
+  }
+
+  /** The socket `error` message, echoing the request's `ref`. */
+  toMessage(ref?: string | number): { type: 'error'; code: ErrorCode; message: string; ref?: string | number } {
+    return ref === undefined
+      ? { type: 'error', code: this.code, message: this.message }
+      : { type: 'error', code: this.code, message: this.message, ref };
   }
 }
 

@@ -45,7 +45,7 @@ export class HybridClock {
 
 /**
  * Convert what a client sent as `timestamp` into an HLC number: packed HLC
- * numbers pass through, epoch milliseconds and ISO strings (the seed's shape)
+ * numbers pass through, epoch milliseconds and ISO strings (the original crate's shape)
  * become HLCs with counter 0. Returns null for anything unusable.
  */
 export function parseClientTimestamp(value: unknown): number | null {

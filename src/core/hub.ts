@@ -1,74 +1,107 @@
 /**
- * ChangeHub: one in-process fan-out point between a change log and every
- * live connection (SSE streams and WebSockets), whatever transport. The
- * engine runs one over the entity change log (`change` messages) and field
- * sync runs one over field changes (`field_change` messages).
+ * ChangeHub: the one in-process fan-out point between the change log and
+ * every live connection (SSE streams and WebSockets of both message families),
+ * whatever transport.
  *
  * The hub reads the log once per wake-up and hands the same batch to every
- * subscriber; the JSON of a batch is encoded once per distinct entity filter,
- * not once per client. Each subscriber keeps its own cursor: one that falls
- * behind (it joined with an old cursor, or the hub skipped it) is caught up
- * from the log before it goes live again, so no change is lost or repeated.
+ * subscriber. A batch holds the entity changes of a range of versions and,
+ * when field-level sync is on and someone listens for it, the field changes
+ * of the same range (field versions are log versions: a field write is a row
+ * write). The JSON of a batch is encoded once per distinct filter (family,
+ * entities, read scope), not once per client. Each subscriber keeps its own
+ * cursor: one that falls behind (it joined with an old cursor, or the hub
+ * skipped it) is caught up from the log before it goes live again, so no
+ * change is lost or repeated.
  */
-import type { Change } from './protocol.js';
-import type { Store } from './store.js';
+import type { LiveScope } from './access.js';
+import type { Change, FieldChange, Row } from './protocol.js';
+import type { FieldStore, Store } from './store.js';
 import { tracedSync } from './tracing.js';
 
-/** What a hub fans out: anything with an entity and a log version. */
-export interface Versioned {
-  entity: string;
+/** The two message families live delivery speaks: entity `change` and field-level `field_change`. */
+export type Family = 'change' | 'field_change';
+
+/** Both families' changes of one range of log versions. */
+export interface LivePage {
+  changes: Change[];
+  /** Field changes of the same range; null when they were not read. */
+  fieldChanges: FieldChange[] | null;
+  /** Cursor after this page: every change of either family up to it is included. */
   version: number;
+  hasMore: boolean;
 }
 
 /** Where a hub reads from and what it is woken by. */
-export interface ChangeSource<T extends Versioned> {
-  /** The `type` of the messages this hub sends (`change`, `field_change`). */
-  messageType: string;
+export interface ChangeSource {
   currentVersion(): Promise<number>;
-  /** Changes with `version > since`, at most `limit`, and the cursor after them. */
-  read(since: number, limit: number): Promise<{ changes: T[]; version: number; hasMore: boolean }>;
+  /** Changes with `version > since` (about `limit` of them); field changes too when `withFields`. */
+  read(since: number, limit: number, withFields: boolean): Promise<LivePage>;
   /** Call `onChange` after any committed write; returns a stop function. */
   watch(onChange: () => void): () => void;
 }
 
-/** The entity change log of a store as a hub source. */
-export function storeSource(store: Store): ChangeSource<Change> {
+/**
+ * The change log of a store (and its field bookkeeping) as a hub source. The
+ * two reads are cut at the lower of their cursors, so a page holds every
+ * change of both families up to its version and nothing beyond it.
+ */
+export function storeSource(store: Store, fields: FieldStore | null = null): ChangeSource {
   return {
-    messageType: 'change',
     currentVersion: () => store.currentVersion(),
-    read: (since, limit) => store.readLog(since, limit),
     watch: (onChange) => store.watch(onChange),
+    async read(since, limit, withFields) {
+      const page = await store.readLog(since, limit);
+      if (!fields || !withFields) return { ...page, fieldChanges: null };
+      const fieldPage = await fields.readChanges(since, limit * 16);
+      const version = Math.min(page.version, fieldPage.version);
+      return {
+        changes: version < page.version ? page.changes.filter((change) => change.version <= version) : page.changes,
+        fieldChanges: fieldPage.changes.filter((change) => change.version <= version),
+        version,
+        hasMore: page.hasMore || fieldPage.hasMore || version < page.version,
+      };
+    },
   };
 }
 
 /** A batch of consecutive log entries `(from, version]`. */
-export class LiveBatch<T extends Versioned = Change> {
+export class LiveBatch {
   private readonly encoded = new Map<string, string | null>();
+  private readonly frames = new Map<string, unknown>();
+  private rows: Map<string, Row | null> | null = null;
 
   constructor(
     /** Every change with a version in (from, version] is in `changes` (for all entities). */
     readonly from: number,
     readonly version: number,
-    readonly changes: readonly T[],
-    readonly messageType = 'change',
+    readonly changes: readonly Change[],
+    /** The same range's field changes; null when not read (no field subscriber then). */
+    readonly fieldChanges: readonly FieldChange[] | null = null,
   ) {}
 
   /**
-   * The `change` message for one entity filter, encoded once and shared by
-   * every subscriber with that filter; null when nothing in it concerns them.
+   * The message for one filter, encoded once and shared by every subscriber
+   * with that filter; null when nothing in it concerns them.
    */
   messageFor(filter: EntityFilter): string | null {
     const cached = this.encoded.get(filter.key);
     if (cached !== undefined) return cached;
-    let changes = filter.all ? this.changes : this.changes.filter((change) => filter.entities.has(change.entity));
+    const wanted = <T extends { entity: string }>(list: readonly T[]) =>
+      filter.all ? list : list.filter((change) => filter.entities.has(change.entity));
     const scope = filter.scope;
-    // Scopes exist only for entity changes (field sync refuses read-scoped entities).
-    if (scope) changes = changes.map((change) => scope.apply(change as unknown as Change) as unknown as T);
+    let changes: readonly (Change | FieldChange)[];
+    if (filter.family === 'field_change') {
+      const fields = wanted(this.fieldChanges ?? []);
+      changes = scope ? scope.applyFields(fields, (entity, id) => this.rowOf(entity, id)) : fields;
+    } else {
+      const entityChanges = wanted(this.changes);
+      changes = scope ? entityChanges.map(scope.apply) : entityChanges;
+    }
     let text: string | null = null;
     if (changes.length > 0) {
-      // The shape of LiveChangeMessage and FieldChangeMessage alike; `change` is the seed's single-change field.
-      const message: { type: string; version: number; changes: readonly T[]; change?: T } = {
-        type: this.messageType,
+      // LiveChangeMessage and FieldChangeMessage alike; `change` is the original crate's single-change field.
+      const message: { type: Family; version: number; changes: readonly unknown[]; change?: unknown } = {
+        type: filter.family,
         version: this.version,
         changes,
       };
@@ -78,35 +111,61 @@ export class LiveBatch<T extends Versioned = Change> {
     this.encoded.set(filter.key, text);
     return text;
   }
+
+  /**
+   * The message for one filter in a transport's framing (SSE event bytes, a
+   * WebSocket frame), encoded once per framing and filter however many
+   * connections send it; null when nothing in the batch concerns the filter.
+   */
+  framed<T>(filter: EntityFilter, framing: string, encode: (message: string, version: number) => T): T | null {
+    const key = `${framing}\u0000${filter.key}`;
+    let frame = this.frames.get(key) as T | null | undefined;
+    if (frame === undefined) {
+      const message = this.messageFor(filter);
+      frame = message === null ? null : encode(message, this.version);
+      this.frames.set(key, frame);
+    }
+    return frame;
+  }
+
+  /** A row as this batch's entity changes leave it (field changes are judged by it); undefined when not in the batch. */
+  private rowOf(entity: string, id: string): Row | null | undefined {
+    if (!this.rows) {
+      this.rows = new Map();
+      for (const change of this.changes) this.rows.set(`${change.entity}\u0000${change.id}`, change.data);
+    }
+    return this.rows.get(`${entity}\u0000${id}`);
+  }
 }
 
 /**
- * Which entities a subscriber wants, and how a change looks to its user when
- * read scopes apply. `key` identifies equal filters: subscribers with the same
- * key share one encoding of each batch.
+ * Which family and entities a subscriber wants, and how a change looks to its
+ * user when read scopes apply. `key` identifies equal filters: subscribers
+ * with the same key share one encoding of each batch.
  */
 export class EntityFilter {
   readonly key: string;
   constructor(
     readonly entities: ReadonlySet<string>,
     readonly all = false,
-    /** Per-user view of a change (read scopes); absent when every user sees the same. */
-    readonly scope?: { key: string; apply: (change: Change) => Change },
+    /** Per-user view of changes (read scopes); absent when every user sees the same. */
+    readonly scope?: LiveScope,
+    readonly family: Family = 'change',
   ) {
     const entityKey = all ? '*' : [...entities].sort().join(',');
-    this.key = scope ? `${entityKey}|${scope.key}` : entityKey;
+    this.key = `${family}|${entityKey}${scope ? `|${scope.key}` : ''}`;
   }
 }
 
 /** What a transport gives the hub for one connection. */
-export interface Subscriber<T extends Versioned = Change> {
+export interface Subscriber {
   filter: EntityFilter;
   /**
    * Deliver one batch; `version` is the cursor after it. `paced` is true for
    * catch-up pages, which wait on `drained()` and so must not count as a
    * consumer falling behind.
    */
-  deliver(batch: LiveBatch<T>, version: number, paced: boolean): void;
+  deliver(batch: LiveBatch, version: number, paced: boolean): void;
   /** Called when the hub stops (engine closing): end the connection so servers can close. */
   end?(): void;
   /**
@@ -118,8 +177,8 @@ export interface Subscriber<T extends Versioned = Change> {
   drained?(): Promise<void>;
 }
 
-interface SubscriberState<T extends Versioned> {
-  subscriber: Subscriber<T>;
+interface SubscriberState {
+  subscriber: Subscriber;
   cursor: number;
   catchingUp: boolean;
   closed: boolean;
@@ -136,8 +195,10 @@ export interface HubOptions {
   onPublished?: (changes: number, seconds: number) => void;
 }
 
-export class ChangeHub<T extends Versioned = Change> {
-  private readonly subscribers = new Set<SubscriberState<T>>();
+export class ChangeHub {
+  private readonly subscribers = new Set<SubscriberState>();
+  /** Subscribers of field changes: the hub reads them only while someone listens. */
+  private fieldSubscribers = 0;
   private version = 0;
   private reading = false;
   private wakeAgain = false;
@@ -155,7 +216,7 @@ export class ChangeHub<T extends Versioned = Change> {
   private waiters: Array<{ version: number; resolve: () => void }> = [];
 
   constructor(
-    private readonly source: ChangeSource<T>,
+    private readonly source: ChangeSource,
     options: HubOptions = {},
   ) {
     this.pageSize = options.pageSize ?? 1000;
@@ -182,12 +243,16 @@ export class ChangeHub<T extends Versioned = Change> {
    * Register a live consumer. With `since`, it first receives every change
    * after that version from the log, then goes live without a gap.
    */
-  subscribe(subscriber: Subscriber<T>, since?: number): () => void {
-    const state: SubscriberState<T> = { subscriber, cursor: since ?? this.version, catchingUp: false, closed: false };
+  subscribe(subscriber: Subscriber, since?: number): () => void {
+    const state: SubscriberState = { subscriber, cursor: since ?? this.version, catchingUp: false, closed: false };
     this.subscribers.add(state);
+    const fields = subscriber.filter.family === 'field_change';
+    if (fields) this.fieldSubscribers++;
     if (state.cursor < this.version) void this.catchUp(state);
     return () => {
+      if (state.closed) return;
       state.closed = true;
+      if (fields) this.fieldSubscribers--;
       this.subscribers.delete(state);
     };
   }
@@ -225,14 +290,20 @@ export class ChangeHub<T extends Versioned = Change> {
     try {
       do {
         this.wakeAgain = false;
-        const page = await this.source.read(this.version, this.pageSize);
+        const page = await this.source.read(this.version, this.pageSize, this.fieldSubscribers > 0);
         if (this.stopped) return;
         if (page.version > this.version) {
-          const batch = new LiveBatch(this.version, page.version, page.changes, this.source.messageType);
+          const batch = new LiveBatch(this.version, page.version, page.changes, page.fieldChanges);
           this.version = page.version;
           const started = performance.now();
-          tracedSync('fanout', { type: this.source.messageType, changes: batch.changes.length, subscribers: this.subscribers.size }, () =>
-            this.publish(batch),
+          tracedSync(
+            'fanout',
+            {
+              type: batch.fieldChanges ? 'change,field_change' : 'change',
+              changes: batch.changes.length,
+              subscribers: this.subscribers.size,
+            },
+            () => this.publish(batch),
           );
           this.publishedAt = performance.now();
           this.onPublished(batch.changes.length, (this.publishedAt - started) / 1000);
@@ -254,10 +325,11 @@ export class ChangeHub<T extends Versioned = Change> {
     for (const waiter of due) waiter.resolve();
   }
 
-  private publish(batch: LiveBatch<T>): void {
+  private publish(batch: LiveBatch): void {
     for (const state of this.subscribers) {
       if (state.catchingUp) continue; // the catch-up loop reads this range from the log
-      if (state.cursor < batch.from) {
+      // Behind, or a field subscriber that joined while a batch without field changes was being read.
+      if (state.cursor < batch.from || (batch.fieldChanges === null && state.subscriber.filter.family === 'field_change')) {
         void this.catchUp(state);
         continue;
       }
@@ -267,7 +339,7 @@ export class ChangeHub<T extends Versioned = Change> {
     }
   }
 
-  private safeDeliver(state: SubscriberState<T>, batch: LiveBatch<T>, paced = false): void {
+  private safeDeliver(state: SubscriberState, batch: LiveBatch, paced = false): void {
     try {
       state.subscriber.deliver(batch, batch.version, paced);
     } catch (error) {
@@ -276,20 +348,21 @@ export class ChangeHub<T extends Versioned = Change> {
   }
 
   /** Read the subscriber's missing range from the log, then hand it back to live delivery. */
-  private async catchUp(state: SubscriberState<T>): Promise<void> {
+  private async catchUp(state: SubscriberState): Promise<void> {
     if (state.catchingUp) return;
     state.catchingUp = true;
     try {
       // Loop until the cursor meets the hub's: the check and the switch back to
       // live happen in one tick, so no batch published meanwhile is skipped.
       while (!state.closed && state.cursor < this.version) {
-        const page = await this.source.read(state.cursor, this.pageSize);
+        const page = await this.source.read(state.cursor, this.pageSize, state.subscriber.filter.family === 'field_change');
         if (state.closed) return;
         // Never run past what the hub itself has published: live delivery resumes there.
         const upTo = Math.min(page.version, this.version);
-        const changes = page.changes.filter((change) => change.version <= upTo);
         if (upTo <= state.cursor) break;
-        const batch = new LiveBatch(state.cursor, upTo, changes, this.source.messageType);
+        const changes = page.changes.filter((change) => change.version <= upTo);
+        const fieldChanges = page.fieldChanges?.filter((change) => change.version <= upTo) ?? null;
+        const batch = new LiveBatch(state.cursor, upTo, changes, fieldChanges);
         state.cursor = upTo;
         this.safeDeliver(state, batch, true);
         await state.subscriber.drained?.();

@@ -4,6 +4,11 @@
  * This file must stay dependency-free and free of Node APIs: the browser
  * client imports it, and esbuild inlines it into `client.js`.
  * docs/protocol.md is the prose version of these types.
+ *
+ * Fields tagged `@compat` exist for clients written only from the original
+ * crate's README (../shared/SEED.md; docs/protocol.md, "Compatibility"): they
+ * repeat something another field says, in the shape those clients read. Our
+ * own client never needs them; the server must keep sending them.
  */
 
 /** Where the engine mounts its routes unless configured otherwise. */
@@ -21,9 +26,9 @@ export type Row = Record<string, unknown>;
 export interface Change {
   /** The entity (synced table) the change belongs to. */
   entity: string;
-  /** The row's primary key, as a string (the seed sends numbers too; we normalise). */
+  /** The row's primary key, as a string (clients of the original crate send numbers too; we normalise). */
   id: string;
-  /** Same as `id`; kept because the seed's clients read `entity_id`. */
+  /** Same as `id`. @compat the original crate's clients read `entity_id`. */
   entity_id: string;
   action: ChangeAction;
   /** The whole row after the change; `null` for deletes. */
@@ -71,7 +76,7 @@ export interface PushChange {
   data?: Row | null;
   /** The row version the client last saw; enables conflict detection. */
   base_version?: number | null;
-  /** The client's hybrid logical clock timestamp, or an ISO date / epoch ms (seed style). */
+  /** The client's hybrid logical clock timestamp, or an ISO date / epoch ms (@compat the original crate's style). */
   timestamp?: number | string | null;
 }
 
@@ -124,7 +129,7 @@ export interface LiveChangeMessage {
   /** Every change up to this version for the subscribed entities has been sent. */
   version: number;
   changes: Change[];
-  /** Present when the batch holds exactly one change (the seed's single-change shape). */
+  /** Present when the batch holds exactly one change. @compat the original crate's single-change shape. */
   change?: Change;
 }
 
@@ -156,7 +161,7 @@ export type ServerMessage =
   | {
       type: 'push_ack';
       entity: string;
-      /** Seed shape for single-change pushes. */
+      /** @compat the original crate's single-change push. */
       entity_id?: string | null;
       version: number;
       results: PushResult[];
@@ -370,7 +375,7 @@ export interface FieldChangeMessage {
   /** Every field change up to this version for the subscribed entities has been sent. */
   version: number;
   changes: FieldChange[];
-  /** Present when the batch holds exactly one change (the seed's single-change shape). */
+  /** Present when the batch holds exactly one change. @compat the original crate's single-change shape. */
   change?: FieldChange;
 }
 

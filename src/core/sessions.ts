@@ -9,7 +9,10 @@
  * - the connection counts reported by `engine.metrics()` and `/metrics`;
  * - rights re-checks: one timer for all connections re-runs `authorize` every
  *   `rightsRecheckMs`, and `refresh(userId)` does it at once, so no open
- *   connection keeps the rights it started with.
+ *   connection keeps the rights it started with;
+ * - row budgets (rows read per second) per principal, the user or, without
+ *   one, the remote address: shared by all of its sockets and kept across
+ *   reconnects, so closing a socket and opening another never refills it.
  */
 import type { SyncUser } from './config.js';
 import { SyncError } from './errors.js';
@@ -26,9 +29,55 @@ export interface LiveSession {
 
 type Timer = ReturnType<typeof setInterval>;
 
+/** A token bucket refilled continuously at `rate` per second, holding at most `rate`. */
+export class Budget {
+  private tokens: number;
+  private refilledAt = Date.now();
+
+  constructor(private readonly rate: number) {
+    this.tokens = rate;
+  }
+
+  private refill(): void {
+    const now = Date.now();
+    this.tokens = Math.min(this.rate, this.tokens + ((now - this.refilledAt) / 1000) * this.rate);
+    this.refilledAt = now;
+  }
+
+  /** Take one token if there is one. */
+  take(): boolean {
+    this.refill();
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+
+  /** Spend `amount`, possibly into debt (the cost of work already done). */
+  spend(amount: number): void {
+    this.refill();
+    this.tokens -= amount;
+  }
+
+  /** Milliseconds until the bucket is out of debt (0 when it is not in debt). */
+  waitMs(): number {
+    this.refill();
+    return this.tokens >= 0 ? 0 : Math.ceil((-this.tokens / this.rate) * 1000);
+  }
+
+  /** Whether the bucket is full again (forgetting it then loses nothing). */
+  get full(): boolean {
+    this.refill();
+    return this.tokens >= this.rate;
+  }
+}
+
+/** Principals whose budgets are kept while they hold no connection, before full ones are forgotten. */
+const KEPT_IDLE_BUDGETS = 1024;
+
 export class LiveSessions {
   private readonly sessions = new Set<LiveSession>();
   private readonly slots = new Map<string, number>();
+  private readonly budgets = new Map<string, { rows: Budget; holders: number }>();
   private timer: Timer | null = null;
   /** Connections past the first byte but not yet open (authorize running, handshake pending). */
   admitting = 0;
@@ -36,7 +85,41 @@ export class LiveSessions {
   constructor(
     private readonly maxPerUser: number,
     private readonly recheckMs: number,
+    private readonly rowsPerSecond = 20_000,
   ) {}
+
+  /**
+   * The row budget of `user`, or of `address` for anonymous connections, and
+   * its release. A principal's budget outlives its connections: one that
+   * reconnects finds it as it left it (in debt, if it spent it).
+   */
+  rowBudgetFor(user: SyncUser | null, address: string | undefined): { rows: Budget; release: () => void } {
+    const key = user ? `user:${user.id}` : `address:${address ?? 'unknown'}`;
+    let entry = this.budgets.get(key);
+    if (!entry) {
+      if (this.budgets.size >= KEPT_IDLE_BUDGETS) this.forgetFullBudgets();
+      entry = { rows: new Budget(this.rowsPerSecond), holders: 0 };
+      this.budgets.set(key, entry);
+    }
+    entry.holders++;
+    const held = entry;
+    let released = false;
+    return {
+      rows: held.rows,
+      release: () => {
+        if (released) return;
+        released = true;
+        held.holders--;
+      },
+    };
+  }
+
+  /** Drop budgets nobody holds that have refilled: keeping them would change nothing. */
+  private forgetFullBudgets(): void {
+    for (const [key, entry] of this.budgets) {
+      if (entry.holders === 0 && entry.rows.full) this.budgets.delete(key);
+    }
+  }
 
   /**
    * Take a slot for `user` (429 when they hold `maxConnectionsPerUser`);

@@ -138,8 +138,16 @@ export interface Store {
   countRows(entity: string): Promise<number>;
   /** Rows in the change log (metrics). */
   logSize(): Promise<number>;
-  /** Prune log entries older than the cutoff (epoch ms). Returns how many were removed. */
-  cleanup(olderThanMs: number): Promise<number>;
+  /**
+   * Prune what a caught-up client no longer needs, in one transaction: log
+   * entries older than `olderThanMs` (epoch ms) that a newer entry supersedes
+   * or that record a delete (remembering the newest pruned delete per entity,
+   * so `retainedSince` sends older cursors a reset), the field bookkeeping's
+   * tombstones at or below that horizon, and exactly-once client records of
+   * both families not used since `clientsOlderThanMs`. Returns how many log
+   * entries were removed.
+   */
+  cleanup(olderThanMs: number, clientsOlderThanMs: number): Promise<number>;
   /** Call `onChange` soon after any committed write to the log, by anyone. Returns a stop function. */
   watch(onChange: () => void): () => void;
   close(): Promise<void>;
@@ -153,8 +161,18 @@ export interface FieldTarget {
   fields: ColumnSchema[];
 }
 
-/** A field value ready to bind: booleans stay booleans (each dialect binds them its way), blobs are Buffers. */
-export type FieldValue = string | number | boolean | Buffer | null;
+/** A field value ready to bind: booleans stay booleans (each dialect binds them its way), blobs are bytes. */
+export type FieldValue = string | number | boolean | Uint8Array | null;
+
+/**
+ * The exactly-once record of a client's field pushes. Entity and field pushes
+ * share one client table; a client's two mutation-id sequences are kept apart
+ * by this suffix on the field key, so the same `client_id` used for both never
+ * makes one family's retry look like the other's duplicate.
+ */
+export function fieldClientKey(clientKey: string): string {
+  return `${clientKey}\u001ffields`;
+}
 
 /** A pushed field change after validation (field checked against the real columns, value coerced). */
 export interface FieldWrite {
@@ -248,7 +266,7 @@ export type RowWriteCheck = { ok: true; values: Record<string, FieldValue> } | {
 /** Everything a store needs to apply one field push. */
 export interface FieldPushBatch {
   entity: string;
-  /** Key of the exactly-once bookkeeping (per user when authorization is on). */
+  /** Key of the exactly-once record, already namespaced by the core with `fieldClientKey` (same table as entity pushes). */
   clientId: string | null;
   /** The client id as the client knows it, stamped on the written changes; defaults to clientId. */
   origin?: string | null;
@@ -312,6 +330,11 @@ export interface FieldStore {
   snapshot(entity: string, limit: number, after?: string, atVersion?: number): Promise<FieldSnapshotPage>;
   /** Every field of one row; null when the row never existed. */
   latest(entity: string, entityId: string): Promise<RowFieldStates | null>;
+  /**
+   * The current rows with these ids, as the row's JSON shows them (what read
+   * rules judge); ids of missing rows are absent from the map.
+   */
+  rows(entity: string, ids: readonly string[]): Promise<Map<string, Row>>;
   /** Highest change-log version a reader may use as a cursor now. */
   currentVersion(): Promise<number>;
   close(): Promise<void>;

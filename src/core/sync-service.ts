@@ -2,7 +2,7 @@
  * SyncService: the transport-free heart of the engine. Pull, push and schema
  * answers as plain objects; HTTP and WebSocket both call these.
  */
-import { checkWrite, inScope, type LiveScope, scopeChange, scopedClientId, snapshotUser, stableJson } from './access.js';
+import { checkWrite, inScope, type LiveScope, scopeChange, scopedClientId, scopeFieldChanges, snapshotUser, stableJson } from './access.js';
 import type { ResolvedEntity, SyncLimits, SyncUser } from './config.js';
 import { decideWrite } from './conflict.js';
 import { badRequest, SyncError } from './errors.js';
@@ -121,7 +121,12 @@ export class SyncService {
     // A copy: an app that mutates its user object in place must not change a view already keyed.
     const frozen = snapshotUser(user);
     const key = scoped.map(({ config }) => `${config.name}=${config.scopeKey ? config.scopeKey(frozen) : stableJson(frozen)}`).join('&');
-    return { key, apply: (change) => scopeChange(change, this.entities.get(change.entity)?.config.read, frozen) };
+    const readOf = (entity: string) => this.entities.get(entity)?.config.read;
+    return {
+      key,
+      apply: (change) => scopeChange(change, readOf(change.entity), frozen),
+      applyFields: (changes, rowOf) => scopeFieldChanges(changes, readOf, frozen, rowOf),
+    };
   }
 
   private snapshotResponse(entity: string, page: { changes: Change[]; version: number; after?: string }, first: boolean): PullResponse {

@@ -29,36 +29,37 @@ export function loadTracing(): Promise<void> {
   return loading;
 }
 
-/** Run `fn` inside a span named `rhtmx.<name>` (or plainly, without OpenTelemetry). */
-export async function traced<T>(name: string, attributes: Record<string, string | number>, fn: () => Promise<T>): Promise<T> {
-  if (!tracer) return fn();
-  return tracer.startActiveSpan(`rhtmx.${name}`, async (span) => {
-    for (const [key, value] of Object.entries(attributes)) span.setAttribute(`rhtmx.${key}`, value);
-    try {
-      return await fn();
-    } catch (error) {
-      span.recordException(error);
-      span.setStatus({ code: 2, message: (error as Error).message });
-      throw error;
-    } finally {
-      span.end();
-    }
-  });
-}
-
-/** The synchronous twin of `traced`, for hot paths that must not yield (fan-out). */
-export function tracedSync<T>(name: string, attributes: Record<string, string | number>, fn: () => T): T {
+/**
+ * Run `fn` inside a span named `rhtmx.<name>` (or plainly, without
+ * OpenTelemetry). A promise result ends the span when it settles.
+ */
+function inSpan<T>(name: string, attributes: Record<string, string | number>, fn: () => T): T {
   if (!tracer) return fn();
   return tracer.startActiveSpan(`rhtmx.${name}`, (span) => {
     for (const [key, value] of Object.entries(attributes)) span.setAttribute(`rhtmx.${key}`, value);
-    try {
-      return fn();
-    } catch (error) {
+    const fail = (error: unknown): never => {
       span.recordException(error);
       span.setStatus({ code: 2, message: (error as Error).message });
       throw error;
-    } finally {
+    };
+    let result: T;
+    try {
+      result = fn();
+    } catch (error) {
       span.end();
+      return fail(error);
     }
+    if (!(result instanceof Promise)) {
+      span.end();
+      return result;
+    }
+    return result.catch(fail).finally(() => span.end()) as T;
   });
 }
+
+/** An async step (pull, push) in a span. */
+export const traced = <T>(name: string, attributes: Record<string, string | number>, fn: () => Promise<T>): Promise<T> =>
+  inSpan(name, attributes, fn);
+
+/** The synchronous twin of `traced`, for hot paths that must not yield (fan-out). */
+export const tracedSync = <T>(name: string, attributes: Record<string, string | number>, fn: () => T): T => inSpan(name, attributes, fn);

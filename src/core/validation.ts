@@ -58,8 +58,25 @@ export function parseLimit(raw: string | null, limits: Pick<SyncLimits, 'default
   return limit;
 }
 
-const isPlainObject = (value: unknown): value is Record<string, unknown> =>
+export const isPlainObject = (value: unknown): value is Record<string, unknown> =>
   typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/**
+ * The envelope every push shares, entity and field-level alike: a JSON object
+ * with an optional bounded `client_id` and a bounded `changes` array.
+ */
+export function pushEnvelope(body: unknown, limits: Pick<SyncLimits, 'maxPushChanges'>): { clientId: string | null; changes: unknown[] } {
+  if (!isPlainObject(body)) throw badRequest('push body must be a JSON object');
+  const clientId = body.client_id ?? null;
+  if (clientId !== null && (typeof clientId !== 'string' || !CLIENT_ID.test(clientId))) {
+    throw badRequest('client_id must be 1-128 characters of letters, digits, "_", ".", ":" or "-"');
+  }
+  if (!Array.isArray(body.changes)) throw badRequest('push body needs a "changes" array');
+  if (body.changes.length > limits.maxPushChanges) {
+    throw new SyncError(ErrorCode.TooLarge, `at most ${limits.maxPushChanges} changes per push`, 413);
+  }
+  return { clientId, changes: body.changes };
+}
 
 export interface ValidatedPush {
   clientId: string | null;
@@ -72,17 +89,10 @@ export interface ValidatedPush {
  * is a client bug, unlike a conflict, which is a per-change outcome.
  */
 export function validatePush(body: unknown, schema: TableSchema, limits: Pick<SyncLimits, 'maxPushChanges'>): ValidatedPush {
-  if (!isPlainObject(body)) throw badRequest('push body must be a JSON object');
-  const clientId = body.client_id ?? null;
-  if (clientId !== null && (typeof clientId !== 'string' || !CLIENT_ID.test(clientId))) {
-    throw badRequest('client_id must be 1-128 characters of letters, digits, "_", ".", ":" or "-"');
-  }
-  if (!Array.isArray(body.changes)) throw badRequest('push body needs a "changes" array');
-  if (body.changes.length > limits.maxPushChanges) {
-    throw new SyncError(ErrorCode.TooLarge, `at most ${limits.maxPushChanges} changes per push`, 413);
-  }
+  const envelope = pushEnvelope(body, limits);
+  const clientId = envelope.clientId;
   let lastMutation = -1;
-  const changes = body.changes.map((raw, index) => {
+  const changes = envelope.changes.map((raw, index) => {
     const change = validateChange(raw, index, schema);
     if (change.mutationId !== null) {
       if (clientId === null) throw badRequest(`changes[${index}]: mutation_id needs a client_id`);

@@ -13,7 +13,7 @@ import { ErrorCode } from '../core/protocol.js';
 /** URL name → file name in the client build folder. */
 const FILES: Record<string, string> = {
   'client.js': 'rhtmx-sync.js',
-  // The seed's field-level client: everything client.js does plus window.RHTMXFieldSync.
+  // The original crate's field-level client: everything client.js does plus window.RHTMXFieldSync.
   'field-client.js': 'rhtmx-field.js',
   'sw.js': 'rhtmx-sw.js',
 };

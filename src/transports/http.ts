@@ -6,6 +6,7 @@ import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 import type { SyncLimits, SyncUser } from '../core/config.js';
 import { SyncError, toSyncError } from '../core/errors.js';
+import type { FieldService } from '../core/field/service.js';
 import type { ChangeHub } from '../core/hub.js';
 import { ErrorCode } from '../core/protocol.js';
 import type { SyncService } from '../core/sync-service.js';
@@ -20,11 +21,10 @@ const GZIP_MIN_BYTES = 1024;
 
 export interface HttpRoutesOptions extends Access {
   basePath: string;
+  fieldBasePath: string;
   limits: SyncLimits;
   heartbeatMs: number;
   assets: ClientAssets;
-  /** Extra routes (field-level sync) tried after the entity routes. */
-  extra?: (request: Request, url: URL) => Promise<Response | null>;
   onError?: (error: unknown) => void;
 }
 
@@ -41,13 +41,6 @@ export async function jsonResponse(request: Request, body: unknown, status = 200
     return new Response(await gzipAsync(text), { status, headers });
   }
   return new Response(text, { status, headers });
-}
-
-export function errorResponse(error: SyncError): Response {
-  return new Response(JSON.stringify(error.toBody()), {
-    status: error.status,
-    headers: { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' },
-  });
 }
 
 /** Read a request body as text, refusing it as soon as it passes the limit. */
@@ -99,79 +92,146 @@ export function requireJson(request: Request): void {
 /** The answer for a WebSocket path asked for over plain HTTP. */
 export const upgradeRequired = () => new SyncError(ErrorCode.UpgradeRequired, 'connect with a WebSocket', 426);
 
+/** A route's handler: the request, its URL, the path's parameters and the admitted user. */
+type Handler = (request: Request, url: URL, params: string[], user: SyncUser | null) => Promise<Response>;
+
+/** One row of the route table: a base path, a pattern of segments (`:` marks a parameter) and a handler per method. */
+interface Route {
+  base: 'sync' | 'field';
+  pattern: string[];
+  methods: Partial<Record<'GET' | 'POST', Handler>>;
+}
+
+/**
+ * The one route table of both base paths: entity sync under `basePath`,
+ * field-level sync under `fieldBasePath`. Every route is admitted by the same
+ * gate and refused through the same error path.
+ */
 export class HttpRoutes {
+  private readonly routes: Route[];
+
   constructor(
     private readonly service: SyncService,
+    /** The field-level service; a SyncError when field sync is configured but the store cannot keep it; null when off. */
+    private readonly fields: FieldService | SyncError | null,
     private readonly hub: ChangeHub,
     private readonly options: HttpRoutesOptions,
-  ) {}
+  ) {
+    const pushed = async (response: unknown, request: Request) => {
+      this.hub.wake();
+      return jsonResponse(request, response);
+    };
+    const body = async (request: Request) => {
+      requireJson(request);
+      return parseJson(await readBody(request, this.options.limits.maxBodyBytes), this.options.limits);
+    };
+    const field = () => {
+      if (this.fields instanceof SyncError) throw this.fields;
+      return this.fields as FieldService;
+    };
+    this.routes = [
+      {
+        base: 'sync',
+        pattern: ['events'],
+        methods: { GET: (request, url, _params, user) => Promise.resolve(this.events(request, url, user)) },
+      },
+      { base: 'sync', pattern: ['schema'], methods: { GET: async (request) => jsonResponse(request, await this.service.schema()) } },
+      {
+        base: 'sync',
+        pattern: [':entity'],
+        methods: {
+          GET: async (request, url, [entity], user) =>
+            jsonResponse(request, await this.service.pull(entity as string, this.pullParams(url), user)),
+          POST: async (request, _url, [entity], user) => {
+            this.service.entity(entity as string); // unknown entity: 404 before reading the body
+            return pushed(await this.service.push(entity as string, await body(request), user), request);
+          },
+        },
+      },
+      {
+        base: 'field',
+        pattern: [':entity'],
+        methods: {
+          GET: async (request, url, [entity], user) =>
+            jsonResponse(request, await field().pull(entity as string, this.pullParams(url), user)),
+          POST: async (request, _url, [entity], user) => {
+            field().target(entity as string);
+            return pushed(await field().push(entity as string, await body(request), user), request);
+          },
+        },
+      },
+      {
+        base: 'field',
+        pattern: [':entity', ':id', 'latest'],
+        methods: {
+          GET: async (request, _url, [entity, id], user) => {
+            const latest = await field().latest(entity as string, id, user);
+            if (!latest)
+              throw new SyncError(ErrorCode.NotFound, `${entity} ${JSON.stringify(String(id).slice(0, 64))} does not exist`, 404);
+            return jsonResponse(request, latest);
+          },
+        },
+      },
+    ];
+  }
 
-  /** Answer a request under the base path; null when the path is not ours. */
+  /** Answer a request under either base path; null when the path is not ours. */
   async handle(request: Request): Promise<Response | null> {
     const url = new URL(request.url);
+    const base = this.baseOf(url.pathname);
+    if (!base) return null;
     try {
-      const response = await this.route(request, url);
-      if (response) return response;
-      return this.options.extra ? await this.options.extra(request, url) : null;
+      return await this.route(request, url, base);
     } catch (error) {
       const syncError = toSyncError(error);
       if (syncError.status >= 500) this.options.onError?.(error);
-      return errorResponse(syncError);
+      return syncError.toResponse();
     }
   }
 
-  private async route(request: Request, url: URL): Promise<Response | null> {
-    const base = this.options.basePath;
-    if (url.pathname !== base && !url.pathname.startsWith(`${base}/`)) return null;
-    const rest = url.pathname.slice(base.length + 1);
+  private baseOf(pathname: string): 'sync' | 'field' | null {
+    const under = (base: string) => pathname === base || pathname.startsWith(`${base}/`);
+    if (under(this.options.basePath)) return 'sync';
+    if (this.fields !== null && under(this.options.fieldBasePath)) return 'field';
+    return null;
+  }
+
+  private async route(request: Request, url: URL, base: 'sync' | 'field'): Promise<Response> {
+    const prefix = base === 'sync' ? this.options.basePath : this.options.fieldBasePath;
+    const rest = url.pathname.slice(prefix.length + 1);
     const method = request.method.toUpperCase();
     // The client files are public; everything else is data and goes through authorization.
-    if (rest === 'client.js' || rest === 'field-client.js' || rest === 'sw.js') {
+    if (base === 'sync' && (rest === 'client.js' || rest === 'field-client.js' || rest === 'sw.js')) {
       admitPublic(request, this.options);
-      return this.asset(request, rest, method);
+      if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed(method, rest);
+      return this.options.assets.respond(request, rest);
     }
-    const kind = rest === 'events' ? 'live' : method === 'GET' || method === 'HEAD' ? 'read' : 'write';
+    const kind = base === 'sync' && rest === 'events' ? 'live' : method === 'GET' || method === 'HEAD' ? 'read' : 'write';
     const user = await admit(request, this.options, kind);
-    switch (rest) {
-      case 'events':
-        if (method !== 'GET') throw methodNotAllowed(method, rest);
-        return this.events(request, url, user);
-      case 'ws':
-      case 'field-ws':
-        throw upgradeRequired();
-      case 'schema':
-        if (method !== 'GET') throw methodNotAllowed(method, rest);
-        return jsonResponse(request, await this.service.schema());
-    }
-    let entity: string;
+    if (base === 'field' && this.fields instanceof SyncError) throw this.fields;
+    if (rest === 'ws' || rest === 'field-ws') throw upgradeRequired();
+    let segments: string[];
     try {
-      entity = decodeURIComponent(rest);
+      segments = rest.split('/').map((segment) => decodeURIComponent(segment));
     } catch {
       throw new SyncError(ErrorCode.NotFound, 'malformed path', 404);
     }
-    if (entity === '' || entity.includes('/')) {
-      throw new SyncError(ErrorCode.NotFound, `no sync route ${JSON.stringify(url.pathname.slice(0, 100))}`, 404);
-    }
-    if (method === 'GET' || method === 'HEAD') {
-      const since = parseCursor(url.searchParams.get('since'), 'since', 0);
-      const limit = parseLimit(url.searchParams.get('limit'), this.options.limits);
-      const snapshot = url.searchParams.get('snapshot');
-      return jsonResponse(request, await this.service.pull(entity, { since, limit, snapshot }, user));
-    }
-    if (method === 'POST') {
-      this.service.entity(entity);
-      requireJson(request);
-      const body = parseJson(await readBody(request, this.options.limits.maxBodyBytes), this.options.limits);
-      const response = await this.service.push(entity, body, user);
-      this.hub.wake();
-      return jsonResponse(request, response);
-    }
-    throw methodNotAllowed(method, entity);
+    // An empty segment or an encoded slash (`..%2Fx`) is a path trick, not a name.
+    const tricky = segments.some((segment) => segment === '' || segment.includes('/'));
+    const route = tricky ? undefined : this.routes.find((candidate) => matches(candidate, base, segments));
+    if (!route) throw new SyncError(ErrorCode.NotFound, `no route ${JSON.stringify(url.pathname.slice(0, 100))}`, 404);
+    const handler = route.methods[method === 'HEAD' && route.pattern[0] !== 'events' ? 'GET' : (method as 'GET' | 'POST')];
+    if (!handler) throw methodNotAllowed(method, segments.at(-1) ?? rest);
+    const params = segments.filter((_segment, index) => route.pattern[index]?.startsWith(':'));
+    return handler(request, url, params, user);
   }
 
-  private async asset(request: Request, name: string, method: string): Promise<Response> {
-    if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed(method, name);
-    return this.options.assets.respond(request, name);
+  private pullParams(url: URL) {
+    return {
+      since: parseCursor(url.searchParams.get('since'), 'since', 0),
+      limit: parseLimit(url.searchParams.get('limit'), this.options.limits),
+      snapshot: url.searchParams.get('snapshot'),
+    };
   }
 
   private events(request: Request, url: URL, user: SyncUser | null): Response {
@@ -198,6 +258,14 @@ export class HttpRoutes {
       signal: request.signal,
     });
   }
+}
+
+function matches(route: Route, base: 'sync' | 'field', segments: string[]): boolean {
+  return (
+    route.base === base &&
+    route.pattern.length === segments.length &&
+    route.pattern.every((part, index) => part.startsWith(':') || part === segments[index])
+  );
 }
 
 const methodNotAllowed = (method: string, path: string) =>

@@ -3,8 +3,10 @@
  * `Response`, streaming both ways with backpressure (SSE depends on it).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Readable } from 'node:stream';
-import { badRequest } from '../core/errors.js';
+import { type Duplex, Readable } from 'node:stream';
+import { badRequest, SyncError, toSyncError } from '../core/errors.js';
+import { ErrorCode } from '../core/protocol.js';
+import { absorbErrors, refuseUpgrade } from './socket/refuse.js';
 import { claimNodeEventStream, drained } from './sse.js';
 
 /** A `Host` header: a reg-name, IPv4 or bracketed IPv6 address, and an optional port 0–65535. */
@@ -109,4 +111,67 @@ export async function sendWebResponse(res: ServerResponse, response: Response, r
     res.off('close', onClose);
     if (!res.writableEnded) res.end();
   }
+}
+
+/** What the Node bridge needs of the engine: which paths are its, and its Web-standard answer. */
+export interface WebHandler {
+  matches(pathname: string): boolean;
+  handle(request: Request): Promise<Response | null>;
+}
+
+/** node:http handler: answers and resolves true for the handler's paths, resolves false for others. */
+export function nodeHandler(web: WebHandler): (req: IncomingMessage, res: ServerResponse) => Promise<boolean> {
+  return async (req, res) => {
+    const path = ((req as { originalUrl?: string }).originalUrl ?? req.url ?? '/').split('?')[0] ?? '/';
+    if (!web.matches(path)) return false;
+    let request: Request;
+    try {
+      request = toWebRequest(req, res);
+    } catch (error) {
+      // A malformed Host or target: a 400 with a message, never a stack trace.
+      await sendWebResponse(res, toSyncError(error).toResponse(), req);
+      return true;
+    }
+    const response = await web.handle(request);
+    if (response) await sendWebResponse(res, response, req);
+    return response !== null;
+  };
+}
+
+/** Whatever takes over an upgrade once the engine is running. */
+export interface UpgradeTarget {
+  owns(request: IncomingMessage): boolean;
+  handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void;
+}
+
+/**
+ * Take over an upgrade for the engine's paths; returns false for other paths.
+ * Whatever the request and whenever the client resets, the answer is a 4xx/5xx
+ * on the socket or a WebSocket: nothing here throws.
+ */
+export function routeUpgrade(
+  matches: (pathname: string) => boolean,
+  target: () => Promise<UpgradeTarget>,
+  onError: (error: unknown) => void,
+): (request: IncomingMessage, socket: Duplex, head: Buffer) => boolean {
+  return (request, socket, head) => {
+    const path = (request.url ?? '').split('?')[0] ?? '';
+    if (!matches(path)) return false;
+    // Node stops listening for errors on an upgraded socket: a reset before we answer must not crash.
+    absorbErrors(socket);
+    target()
+      .then(
+        (endpoint) => {
+          if (endpoint.owns(request)) endpoint.handleUpgrade(request, socket, head);
+          else refuseUpgrade(socket, new SyncError(ErrorCode.NotFound, `no WebSocket at ${path.slice(0, 100)}`, 404));
+        },
+        (error: unknown) =>
+          refuseUpgrade(socket, error instanceof SyncError ? error : new SyncError(ErrorCode.Unavailable, 'sync engine unavailable', 503)),
+      )
+      .catch((error: unknown) => {
+        onError(error);
+        refuseUpgrade(socket, toSyncError(error));
+      });
+    return true;
+  };
 }

@@ -47,23 +47,8 @@ interface EventSink {
 }
 
 const encoder = new TextEncoder();
-/** Encoded SSE frames per batch and filter, so N clients cost one encode. */
-const frameCache = new WeakMap<LiveBatch, Map<string, Uint8Array | null>>();
-
-function frameFor(batch: LiveBatch, filter: EntityFilter): Uint8Array | null {
-  let frames = frameCache.get(batch);
-  if (!frames) {
-    frames = new Map();
-    frameCache.set(batch, frames);
-  }
-  let frame = frames.get(filter.key);
-  if (frame === undefined) {
-    const message = batch.messageFor(filter);
-    frame = message === null ? null : encoder.encode(`id: ${batch.version}\ndata: ${message}\n\n`);
-    frames.set(filter.key, frame);
-  }
-  return frame;
-}
+const frameFor = (batch: LiveBatch, filter: EntityFilter) =>
+  batch.framed(filter, 'sse', (message, version) => encoder.encode(`id: ${version}\ndata: ${message}\n\n`));
 
 const PING = encoder.encode(': ping\n\n');
 

@@ -1,29 +1,32 @@
 /**
- * FieldService: field-level pull, push and latest as plain objects; the
- * HTTP routes and the WebSocket both call these.
+ * FieldService: field-level sync as a merge policy and a read projection of
+ * the one engine. Pull, push and latest as plain objects; the one route table
+ * and the one socket endpoint call these. The entities, their rules and their
+ * read scopes are the entity service's: a user receives and writes only fields
+ * of rows inside their scope, judged by the same rules as entity sync.
  */
-import { checkWrite, scopedClientId } from '../core/access.js';
-import type { FieldMergeStrategy, ResolvedEntity, SyncLimits, SyncUser } from '../core/config.js';
-import { badRequest, SyncError } from '../core/errors.js';
-import type { HybridClock } from '../core/hlc.js';
-import type { FieldPullResponse, FieldPushResponse, FieldPushResult, LatestFieldsResponse } from '../core/protocol.js';
-import { ErrorCode, type Row } from '../core/protocol.js';
-import { toSchemaIssues } from '../core/standard-schema.js';
-import type { FieldOutcome, FieldStore, FieldTarget, FieldValue, RowWrite, RowWriteCheck } from '../core/store.js';
-import { decodeSnapshotToken, encodeSnapshotToken, type SyncService } from '../core/sync-service.js';
-import { normaliseId } from '../core/validation.js';
+import { checkWrite, inScope, scopedClientId, scopeFieldChanges } from '../access.js';
+import type { FieldMergeStrategy, ResolvedEntity, SyncLimits, SyncUser } from '../config.js';
+import { badRequest } from '../errors.js';
+import type { HybridClock } from '../hlc.js';
+import type { FieldChange, FieldPullResponse, FieldPushResponse, FieldPushResult, LatestFieldsResponse, Row } from '../protocol.js';
+import { toSchemaIssues } from '../standard-schema.js';
+import {
+  type FieldOutcome,
+  type FieldStore,
+  type FieldTarget,
+  type FieldValue,
+  fieldClientKey,
+  type RowWrite,
+  type RowWriteCheck,
+} from '../store.js';
+import { decodeSnapshotToken, encodeSnapshotToken, type PullParams, type SyncService } from '../sync-service.js';
+import { normaliseId } from '../validation.js';
 import { decideField, type FieldPolicy } from './merge.js';
 import { coerceFieldValue, fieldColumns, validateFieldPush } from './validation.js';
 
 /** A field-synced entity: its table, writable columns and configuration (rules, schema). */
 type EntityTarget = FieldTarget & { config: ResolvedEntity };
-
-export interface FieldPullParams {
-  since: number;
-  limit: number;
-  /** Snapshot continuation token (`next` of the previous page). */
-  snapshot?: string | null;
-}
 
 export class FieldService {
   private readonly targets = new Map<string, EntityTarget>();
@@ -48,29 +51,22 @@ export class FieldService {
     return [...this.targets.keys()];
   }
 
+  /** How live field changes look to `user`: the entity service's read scopes, applied to fields. */
+  liveScope(user: SyncUser | null) {
+    return this.entities.liveScope(user);
+  }
+
   /** Every synced entity with the columns field sync may write. */
   allTargets(): FieldTarget[] {
     return [...this.targets.values()];
   }
 
-  /**
-   * The entity's target, or the engine's 404 `unknown_entity`. Entities with a
-   * row read rule are refused (403): field changes carry no row to judge them
-   * by, and failing closed is the only way not to leak a row. Their clients
-   * use entity-level sync, which applies the rule.
-   */
+  /** The entity's target, or the engine's 404 `unknown_entity`. */
   target(name: string): EntityTarget {
     const target = this.targets.get(name);
     if (!target) {
       this.entities.entity(name); // throws the 404 naming the entity
       throw badRequest(`entity ${name} is not field-synced`);
-    }
-    if (target.config.read) {
-      throw new SyncError(
-        ErrorCode.Forbidden,
-        `${name} has a row read rule; field-level sync does not serve it (use /api/sync, which applies the rule)`,
-        403,
-      );
     }
     return target;
   }
@@ -82,20 +78,44 @@ export class FieldService {
     return list;
   }
 
-  async pull(entity: string, params: FieldPullParams): Promise<FieldPullResponse> {
+  /**
+   * Pull as `user` sees it: snapshot pages leave out rows outside the read
+   * scope, and in the log a row that left the scope becomes a row delete.
+   */
+  async pull(entity: string, params: PullParams, user: SyncUser | null = null): Promise<FieldPullResponse> {
     const target = this.target(entity);
-    if (params.snapshot || params.since === 0) {
+    const retained = params.since > 0 && !params.snapshot ? await this.entities.store.retainedSince(entity) : 0;
+    if (params.snapshot || params.since === 0 || params.since < retained) {
       // A snapshot page holds every field of each row: size pages in rows so `limit` bounds changes.
       const rows = Math.max(1, Math.floor(params.limit / Math.max(1, target.fields.length)));
       const token = params.snapshot ? decodeSnapshotToken(params.snapshot) : null;
       const page = await this.store.snapshot(entity, rows, token?.after, token?.version);
-      const response: FieldPullResponse = { entity, version: page.version, changes: page.changes, has_more: page.after !== undefined };
+      const response: FieldPullResponse = {
+        entity,
+        version: page.version,
+        changes: await this.visible(target, page.changes, user, true),
+        has_more: page.after !== undefined,
+      };
       if (!token) response.reset = true;
       if (page.after !== undefined) response.next = encodeSnapshotToken(page.version, page.after);
       return response;
     }
     const page = await this.store.readChanges(params.since, params.limit, entity);
-    return { entity, version: page.version, changes: page.changes, has_more: page.hasMore };
+    return { entity, version: page.version, changes: await this.visible(target, page.changes, user, false), has_more: page.hasMore };
+  }
+
+  /** The changes `user` may see, judged by the rows as they are now. */
+  private async visible(target: EntityTarget, changes: FieldChange[], user: SyncUser | null, snapshot: boolean): Promise<FieldChange[]> {
+    const read = target.config.read;
+    if (!read || changes.length === 0) return changes;
+    const rows = await this.store.rows(target.schema.entity, [...new Set(changes.map((change) => change.entity_id))]);
+    return scopeFieldChanges(
+      changes,
+      () => read,
+      user,
+      (_entity, id) => rows.get(id) ?? null,
+      snapshot,
+    );
   }
 
   /** Apply a field push as `user` (null without an authorize hook). */
@@ -106,13 +126,14 @@ export class FieldService {
     const outcomes = await this.store.push({
       entity,
       // Exactly-once bookkeeping is per user: the same client id from two users never collides.
-      clientId: scopedClientId(clientId, user),
+      clientId: clientId === null ? null : fieldClientKey(scopedClientId(clientId, user) as string),
       origin: clientId,
       changes,
       decide: (change, state) => decideField(this.policy, clientId, change, state),
-      prepareWrite: config.write || config.schema ? (write) => checkRowWrite(target, write, user) : undefined,
+      prepareWrite: config.write || config.read || config.schema ? (write) => checkRowWrite(target, write, user) : undefined,
     });
     const results = outcomes.map(toResult);
+    if (config.read) await this.hideOutOfScope(target, results, user);
     return {
       entity,
       results,
@@ -123,12 +144,28 @@ export class FieldService {
     };
   }
 
-  async latest(entity: string, rawId: unknown): Promise<LatestFieldsResponse | null> {
-    this.target(entity);
+  /** Every field of one row; null when it does not exist or is outside the user's scope. */
+  async latest(entity: string, rawId: unknown, user: SyncUser | null = null): Promise<LatestFieldsResponse | null> {
+    const target = this.target(entity);
     const entityId = normaliseId(rawId, 'latest');
     if (entityId === null) throw badRequest('latest needs an entity_id');
+    if (target.config.read) {
+      const row = (await this.store.rows(entity, [entityId])).get(entityId) ?? null;
+      if (row && !inScope(row, target.config.read, user)) return null;
+    }
     const state = await this.store.latest(entity, entityId);
     return state && { entity, entity_id: entityId, ...state };
+  }
+
+  /** Values in results (a conflict's server value, a duplicate's) are shown only for rows the user may see. */
+  private async hideOutOfScope(target: EntityTarget, results: FieldPushResult[], user: SyncUser | null): Promise<void> {
+    const rows = await this.store.rows(target.schema.entity, [...new Set(results.map((result) => result.entity_id))]);
+    for (const result of results) {
+      const row = rows.get(result.entity_id);
+      if (!row || inScope(row, target.config.read, user)) continue;
+      delete result.value;
+      delete result.server_value;
+    }
   }
 }
 
@@ -140,7 +177,7 @@ export class FieldService {
  */
 function checkRowWrite(target: EntityTarget, write: RowWrite, user: SyncUser | null): RowWriteCheck {
   const { config, schema } = target;
-  if (config.write) {
+  if (config.write || config.read) {
     checkWrite(
       { mutationId: null, id: write.entityId, action: write.action, data: write.json, baseVersion: null, timestamp: null },
       { row: write.current, version: 0, hlc: 0, base: null },

@@ -5,20 +5,15 @@
  * column (text for an integer, null for NOT NULL) rejects only that change,
  * so one bad edit never wedges a client's queue.
  */
-import type { SyncLimits } from '../core/config.js';
-import { badRequest, SyncError } from '../core/errors.js';
-import { parseClientTimestamp } from '../core/hlc.js';
-import { type ColumnSchema, ErrorCode, type FieldAction, ROW_FIELD } from '../core/protocol.js';
-import type { FieldTarget, FieldValue, FieldWrite } from '../core/store.js';
-import { normaliseId } from '../core/validation.js';
+import type { SyncLimits } from '../config.js';
+import { badRequest, SyncError } from '../errors.js';
+import { parseClientTimestamp } from '../hlc.js';
+import { type ColumnSchema, ErrorCode, type FieldAction, ROW_FIELD } from '../protocol.js';
+import type { FieldTarget, FieldValue, FieldWrite } from '../store.js';
+import { isPlainObject, normaliseId, pushEnvelope } from '../validation.js';
 
-/** Client ids are opaque but bounded (same rule as entity pushes). */
-const CLIENT_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 /** Columns field sync can address: their names are spliced into JSON paths inside the capture trigger. */
 export const FIELD_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
-
-const isPlainObject = (value: unknown): value is Record<string, unknown> =>
-  typeof value === 'object' && value !== null && !Array.isArray(value);
 
 export interface ValidatedFieldPush {
   clientId: string | null;
@@ -30,25 +25,11 @@ export function fieldColumns(columns: readonly ColumnSchema[]): ColumnSchema[] {
   return columns.filter((column) => !column.primaryKey && FIELD_NAME.test(column.name));
 }
 
-/** Validate a client id (null when absent). */
-export function validateClientId(raw: unknown): string | null {
-  if (raw === undefined || raw === null) return null;
-  if (typeof raw !== 'string' || !CLIENT_ID.test(raw)) {
-    throw badRequest('client_id must be 1-128 characters of letters, digits, "_", ".", ":" or "-"');
-  }
-  return raw;
-}
-
 /** Validate `POST /api/field-sync/:entity` bodies (and `push_fields`, rewritten to this shape). */
 export function validateFieldPush(body: unknown, target: FieldTarget, limits: Pick<SyncLimits, 'maxPushChanges'>): ValidatedFieldPush {
-  if (!isPlainObject(body)) throw badRequest('push body must be a JSON object');
-  const clientId = validateClientId(body.client_id);
-  if (!Array.isArray(body.changes)) throw badRequest('push body needs a "changes" array');
-  if (body.changes.length > limits.maxPushChanges) {
-    throw new SyncError(ErrorCode.TooLarge, `at most ${limits.maxPushChanges} changes per push`, 413);
-  }
+  const { clientId, changes: raw } = pushEnvelope(body, limits);
   let lastMutation = -1;
-  const changes = body.changes.map((raw, index) => {
+  const changes = raw.map((raw, index) => {
     const change = validateFieldChange(raw, `changes[${index}]`, target);
     if (change.mutationId !== null) {
       if (clientId === null) throw badRequest(`changes[${index}]: mutation_id needs a client_id`);
@@ -112,7 +93,7 @@ function validateFieldChange(raw: unknown, where: string, target: FieldTarget): 
 /** A coerced value as the row's JSON shows it: what clients read back, and what rules and schemas see. */
 export function fieldJson(column: ColumnSchema, value: FieldValue): unknown {
   if (value === null) return null;
-  if (Buffer.isBuffer(value)) return value.toString('hex').toUpperCase();
+  if (value instanceof Uint8Array) return toHex(value);
   if (column.type === 'json' && typeof value === 'string') {
     try {
       return JSON.parse(value);
@@ -164,7 +145,7 @@ export function coerceFieldValue(column: ColumnSchema, value: unknown): Coerced 
     case 'json':
       return { ok: true, value: JSON.stringify(value) };
     case 'blob':
-      if (typeof value === 'string' && HEX.test(value)) return { ok: true, value: Buffer.from(value, 'hex') };
+      if (typeof value === 'string' && HEX.test(value)) return { ok: true, value: fromHex(value) };
       return { ok: false, reason: 'must be a hex string' };
     default: {
       if (typeof value === 'string') return { ok: true, value };
@@ -174,4 +155,17 @@ export function coerceFieldValue(column: ColumnSchema, value: unknown): Coerced 
       return { ok: true, value: JSON.stringify(value) };
     }
   }
+}
+
+/** Upper-case hex of bytes, as SQLite's hex() and the row JSON show blobs. */
+function toHex(bytes: Uint8Array): string {
+  let text = '';
+  for (const byte of bytes) text += byte.toString(16).padStart(2, '0');
+  return text.toUpperCase();
+}
+
+function fromHex(text: string): Uint8Array {
+  const bytes = new Uint8Array(text.length / 2);
+  for (let index = 0; index < bytes.length; index++) bytes[index] = Number.parseInt(text.slice(index * 2, index * 2 + 2), 16);
+  return bytes;
 }

@@ -6,7 +6,7 @@
  */
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { SyncError } from '../core/errors.js';
+import type { SyncError } from '../../core/errors.js';
 
 /** Swallow socket errors (ECONNRESET, EPIPE) on a socket we are done with or not yet handed to ws. */
 export const absorbErrors = (socket: Duplex): void => {

@@ -10,10 +10,10 @@
  * honest write. Equal stamps are broken by client id, so every server and
  * every retry decides the same way.
  */
-import { FieldMergeStrategy } from '../core/config.js';
-import { type HybridClock, packHlc } from '../core/hlc.js';
-import { ROW_FIELD } from '../core/protocol.js';
-import type { FieldDecision, FieldServerState, FieldWrite, WriteStamp } from '../core/store.js';
+import { FieldMergeStrategy } from '../config.js';
+import { type HybridClock, packHlc } from '../hlc.js';
+import { ROW_FIELD } from '../protocol.js';
+import type { FieldDecision, FieldServerState, FieldWrite, WriteStamp } from '../store.js';
 
 export interface FieldPolicy {
   strategy: FieldMergeStrategy;

@@ -1,0 +1,41 @@
+/**
+ * Pruning what a caught-up client no longer needs, in one transaction (one
+ * node at a time): superseded log entries and deletes older than the cutoff,
+ * the field tombstones those deletes left, and idle exactly-once records.
+ */
+import type { Catalog } from './schema.js';
+import { transaction } from './transaction.js';
+
+/** Store.cleanup on PostgreSQL; returns how many log entries were removed. */
+export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanMs: number): Promise<number> {
+  const { log, meta, clients, fieldVersions } = catalog.names;
+  return transaction(catalog.pool, async (client) => {
+    await client.query(`SELECT pg_advisory_xact_lock(hashtext('rhtmx_sync:cleanup'))`);
+    // One statement: the horizon is exactly the newest tombstone it removed per entity.
+    // Deleted rows' tombstones are the only entries whose loss a lagging client would notice;
+    // older cursors get a reset instead.
+    const { rows } = await client.query<{ removed: string; field_versions: boolean }>(
+      `WITH gone AS (
+         DELETE FROM ${log} l WHERE l.created_at < to_timestamp($1::float8 / 1000) AND (l.action = 'delete' OR EXISTS (
+           SELECT 1 FROM ${log} newer WHERE newer.entity = l.entity AND newer.entity_id = l.entity_id AND newer.version > l.version))
+         RETURNING l.entity, l.version, l.action
+       ), horizon AS (
+         INSERT INTO ${meta} (key, value)
+         SELECT 'pruned_through:' || entity, max(version) FROM gone WHERE action = 'delete' GROUP BY entity
+         ON CONFLICT (key) DO UPDATE SET value = GREATEST(${meta}.value, EXCLUDED.value)
+       )
+       SELECT count(*)::text AS removed, to_regclass($2) IS NOT NULL AS field_versions FROM gone`,
+      [olderThanMs, fieldVersions],
+    );
+    if (rows[0]?.field_versions) {
+      // A field cursor at or below the horizon gets a reset snapshot, so the tombstones there are no longer read.
+      await client.query(
+        `DELETE FROM ${fieldVersions} f USING ${meta} m
+          WHERE m.key = 'pruned_through:' || f.entity AND f.field = '*' AND f.value IS NULL AND f.version <= m.value`,
+      );
+    }
+    // Both families' records: field pushes keep theirs here too, under fieldClientKey.
+    await client.query(`DELETE FROM ${clients} WHERE updated_at < to_timestamp($1::float8 / 1000)`, [clientsOlderThanMs]);
+    return Number(rows[0]?.removed ?? 0);
+  });
+}

@@ -1,0 +1,37 @@
+/**
+ * Pruning what a caught-up client no longer needs, in one transaction:
+ * superseded log entries and deletes older than the cutoff, the field
+ * tombstones those deletes left, and idle exactly-once records.
+ */
+import { type Catalog, CLIENTS_TABLE, FIELD_VERSIONS_TABLE, LOG_TABLE, META_TABLE } from './schema.js';
+
+/** Store.cleanup on SQLite; returns how many log entries were removed. */
+export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanMs: number): number {
+  const { db, s } = catalog;
+  return db.transaction((): number => {
+    // Deleted rows' tombstones are the only entries whose loss a lagging client would notice:
+    // remember the newest pruned one per entity, and send older cursors a reset instead.
+    const horizons = db
+      .prepare(`SELECT entity, MAX(version) AS v FROM ${LOG_TABLE} WHERE created_at < ? AND action = 'delete' GROUP BY entity`)
+      .all(olderThanMs) as Array<{ entity: string; v: number }>;
+    for (const { entity, v } of horizons) s.setMeta.run(`pruned_through:${entity}`, v);
+    const removed = db
+      .prepare(
+        `DELETE FROM ${LOG_TABLE} WHERE created_at < ? AND (action = 'delete' OR EXISTS (
+           SELECT 1 FROM ${LOG_TABLE} newer WHERE newer.entity = ${LOG_TABLE}.entity
+             AND newer.entity_id = ${LOG_TABLE}.entity_id AND newer.version > ${LOG_TABLE}.version))`,
+      )
+      .run(olderThanMs).changes;
+    const fieldBookkeeping = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(FIELD_VERSIONS_TABLE);
+    if (fieldBookkeeping) {
+      // A field cursor at or below the horizon gets a reset snapshot, so the tombstones there are no longer read.
+      db.exec(
+        `DELETE FROM ${FIELD_VERSIONS_TABLE} WHERE field = '*' AND value IS NULL
+           AND version <= (SELECT value FROM ${META_TABLE} WHERE key = 'pruned_through:' || ${FIELD_VERSIONS_TABLE}.entity)`,
+      );
+    }
+    // Both families' records: field pushes keep theirs here too, under fieldClientKey.
+    db.prepare(`DELETE FROM ${CLIENTS_TABLE} WHERE updated_at < ?`).run(clientsOlderThanMs);
+    return removed;
+  })();
+}

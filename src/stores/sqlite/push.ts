@@ -1,0 +1,164 @@
+/**
+ * The one push skeleton, for entity and field pushes alike (`runPush`), and
+ * the entity push's per-change apply (`EntityPush`; fields.ts has `FieldPush`).
+ *
+ * One IMMEDIATE transaction: read the client's exactly-once record → answer
+ * each already applied change from the current state, decide and write each
+ * new one under a savepoint → record the highest mutation id. The record is
+ * written in the same transaction as the data, so a retried push is applied
+ * exactly once; the write lock taken at BEGIN makes concurrent pushes (from
+ * this process or another) apply one after the other, each seeing the id the
+ * previous one recorded. better-sqlite3 is synchronous, so the core's
+ * decisions run inside the transaction without an await.
+ */
+import { randomUUID } from 'node:crypto';
+import { SyncError } from '../../core/errors.js';
+import type { Row } from '../../core/protocol.js';
+import type { AppliedChange, PushBatch, ServerRowState, ValidatedChange, WriteDecision } from '../../core/store.js';
+import { describeWriteError } from './errors.js';
+import type { Catalog, SyncedTable } from './schema.js';
+
+/** A write run under its own savepoint: its value, or why the database refused it. */
+export type WriteResult<T> = { ok: true; value: T } | { ok: false; reason: string };
+
+/** What `runPush` lends a plan's `apply`. */
+export interface PushScope<C, R> {
+  /** Outcomes so far; `apply` may settle later changes here (they are then skipped). */
+  readonly results: Array<R | undefined>;
+  /** The change is a retry of a mutation this client already applied. */
+  isDuplicate(change: C): boolean;
+  /**
+   * Run one write under a savepoint, its log rows stamped with the push's
+   * origin and `hlc` (through the context table the triggers read): a
+   * refused write rejects this change only.
+   */
+  write<T>(hlc: number, statement: () => T): WriteResult<T>;
+}
+
+/** How one family of pushes handles its changes; `runPush` does the rest. */
+export interface PushPlan<C extends { mutationId: number | null }, R> {
+  /** `clientId`: key of the exactly-once record (null: no dedupe); `origin`: the id stamped on logged changes (default clientId). */
+  readonly batch: { clientId: string | null; origin?: string | null; changes: readonly C[] };
+  /** The answer to an already applied change: its current state, which is what the client converges to. */
+  duplicate(change: C): R;
+  /** Decide and write change `index`. */
+  apply(index: number, scope: PushScope<C, R>): R;
+}
+
+/** Apply a push in one transaction and record the client's highest mutation id in it. */
+export function runPush<C extends { mutationId: number | null }, R>(catalog: Catalog, plan: PushPlan<C, R>): R[] {
+  const { clientId, changes } = plan.batch;
+  // Logged rows carry the client id as the client knows it (the record's key may be per user or per family).
+  const origin = plan.batch.origin === undefined ? clientId : plan.batch.origin;
+  const { s, db } = catalog;
+  const run = db.transaction((): R[] => {
+    const last = clientId === null ? null : ((s.lastMutation.get(clientId) as number | undefined) ?? -1);
+    const scope: PushScope<C, R> = {
+      results: new Array(changes.length),
+      isDuplicate: (change) => last !== null && change.mutationId !== null && change.mutationId <= last,
+      write<T>(hlc: number, statement: () => T): WriteResult<T> {
+        try {
+          return {
+            ok: true,
+            value: db.transaction(() => {
+              s.setContext.run(origin, hlc);
+              return statement();
+            })(),
+          };
+        } catch (error) {
+          return { ok: false, reason: describeWriteError(error) };
+        }
+      },
+    };
+    let highest = last ?? -1;
+    try {
+      for (const [index, change] of changes.entries()) {
+        highest = Math.max(highest, change.mutationId ?? -1);
+        if (scope.results[index] !== undefined) continue; // settled together with an earlier change
+        scope.results[index] = scope.isDuplicate(change) ? plan.duplicate(change) : plan.apply(index, scope);
+      }
+      if (clientId !== null && highest > (last ?? -1)) s.saveMutation.run(clientId, highest, Date.now());
+    } finally {
+      s.clearContext.run();
+    }
+    return scope.results as R[];
+  });
+  return run.immediate();
+}
+
+/** Run a core callback inside the push: a SyncError (forbidden) rolls the whole push back; any other error becomes `fallback`. */
+export function guarded<T>(call: () => T, fallback: (message: string) => T): T {
+  try {
+    return call();
+  } catch (error) {
+    if (error instanceof SyncError) throw error;
+    return fallback((error as Error).message);
+  }
+}
+
+const NO_ROW: ServerRowState = Object.freeze({ row: null, version: 0, hlc: 0, base: null });
+
+/** An entity push: whole-row changes, decided by the core's conflict strategy. */
+export class EntityPush implements PushPlan<ValidatedChange, AppliedChange> {
+  private readonly entity: SyncedTable;
+
+  constructor(
+    private readonly catalog: Catalog,
+    readonly batch: PushBatch,
+  ) {
+    this.entity = catalog.entity(batch.schema.entity);
+  }
+
+  duplicate(change: ValidatedChange): AppliedChange {
+    // The original outcome is not stored; the server row is, and it is what the client must converge to.
+    const { row, version } = change.id === null ? NO_ROW : this.rowState(change.id, null);
+    return { mutationId: change.mutationId, id: change.id, status: 'applied', duplicate: true, row, serverVersion: version, version };
+  }
+
+  apply(index: number, scope: PushScope<ValidatedChange, AppliedChange>): AppliedChange {
+    const change = this.batch.changes[index] as ValidatedChange;
+    const base = { mutationId: change.mutationId, id: change.id };
+    const server = change.id === null ? NO_ROW : this.rowState(change.id, change.baseVersion);
+    const decision = guarded<WriteDecision>(
+      () => this.batch.decide(change, server, index),
+      (message) => ({ kind: 'reject', reason: `resolver failed: ${message}` }),
+    );
+    if (decision.kind === 'reject') return { ...base, status: 'rejected', reason: decision.reason, issues: decision.issues };
+    if (decision.kind === 'conflict') {
+      return { ...base, status: 'conflict', reason: decision.reason, row: server.row, serverVersion: server.version };
+    }
+    const written = scope.write(decision.hlc, () => this.write(change.id, decision, server.row !== null));
+    if (!written.ok) return { ...base, status: 'rejected', reason: written.reason };
+    const id = written.value;
+    const version = (id === null ? undefined : this.catalog.lastEntry(this.entity.schema.entity, id)?.version) ?? server.version;
+    const row = decision.merged && id !== null ? this.entity.row(id) : undefined;
+    return { ...base, id, status: 'applied', version, merged: decision.merged || undefined, row };
+  }
+
+  private rowState(id: string, baseVersion: number | null): ServerRowState {
+    const last = this.catalog.lastEntry(this.entity.schema.entity, id);
+    const base = baseVersion === null ? null : (this.catalog.s.baseRow.get(this.entity.schema.entity, id, baseVersion) as string | null);
+    return {
+      row: this.entity.row(id),
+      version: last?.version ?? 0,
+      hlc: last?.hlc ?? 0,
+      base: base ? (JSON.parse(base) as Row) : null,
+    };
+  }
+
+  /** Runs the SQL for one decided write; returns the row id (database-assigned for keyless creates). */
+  private write(id: string | null, decision: Extract<WriteDecision, { kind: 'write' }>, exists: boolean): string | null {
+    const { schema, columns } = this.entity;
+    if (decision.action === 'delete') {
+      if (id !== null && exists) this.entity.delete(id);
+      return id;
+    }
+    // Only real columns reach the SQL, by name; the key is never rewritten.
+    const values: Row = {};
+    for (const [name, value] of Object.entries(decision.data)) {
+      if (name !== schema.primaryKey && columns.has(name)) values[name] = value;
+    }
+    if (decision.action === 'update' && exists) return this.entity.write('update', id, values);
+    return this.entity.write('insert', id ?? (this.entity.keyIsInteger ? null : randomUUID()), values);
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * Reads of the change log: log pages, snapshots, the retained horizon and
+ * counts. Each read runs in one transaction, so data and cursor come from
+ * the same WAL snapshot (never two separate, non-atomic steps).
+ */
+import type { Change, ChangeAction, Row } from '../../core/protocol.js';
+import type { LogPage, SnapshotPage } from '../../core/store.js';
+import { type Catalog, LOG_TABLE } from './schema.js';
+
+interface LogRow {
+  version: number;
+  entity: string;
+  entity_id: string;
+  action: ChangeAction;
+  data: string | null;
+  hlc: number;
+  client_id: string | null;
+}
+
+/** The log and snapshot reads of SqliteStore. */
+export class LogReader {
+  private readonly entityLog;
+  private readonly allLog;
+  private readonly countLog;
+
+  constructor(private readonly catalog: Catalog) {
+    const columns = 'version, entity, entity_id, action, data, hlc, client_id';
+    const db = catalog.db;
+    this.entityLog = db.prepare(`SELECT ${columns} FROM ${LOG_TABLE} WHERE entity = ? AND version > ? ORDER BY version LIMIT ?`);
+    this.allLog = db.prepare(`SELECT ${columns} FROM ${LOG_TABLE} WHERE version > ? ORDER BY version LIMIT ?`);
+    this.countLog = db.prepare(`SELECT COUNT(*) FROM ${LOG_TABLE}`).pluck();
+  }
+
+  /** Changes with `version > since` (of one entity, or all), and the cursor after them. */
+  readLog(since: number, limit: number, entity?: string): LogPage {
+    return this.catalog.db.transaction((): LogPage => {
+      const rows = (entity === undefined ? this.allLog.all(since, limit + 1) : this.entityLog.all(entity, since, limit + 1)) as LogRow[];
+      const hasMore = rows.length > limit;
+      if (hasMore) rows.length = limit;
+      const version = hasMore ? (rows[rows.length - 1] as LogRow).version : this.catalog.currentVersion();
+      return { changes: rows.map(toChange), version, hasMore };
+    })();
+  }
+
+  /** A page of current rows ordered by key; the first page fixes the version the snapshot is consistent with. */
+  snapshot(entityName: string, limit: number, after?: string, atVersion?: number): SnapshotPage {
+    const entity = this.catalog.entity(entityName);
+    return this.catalog.db.transaction((): SnapshotPage => {
+      const version = atVersion ?? this.catalog.currentVersion();
+      const rows = entity.page(limit + 1, after);
+      const hasMore = rows.length > limit;
+      if (hasMore) rows.length = limit;
+      const changes: Change[] = rows.map((row) => ({
+        entity: entityName,
+        id: row.id,
+        entity_id: row.id,
+        action: 'create',
+        data: JSON.parse(row.data) as Row,
+        version: row.version,
+      }));
+      return { changes, version, after: hasMore ? changes[changes.length - 1]?.id : undefined };
+    })();
+  }
+
+  /** Lowest cursor still served incrementally: the newest delete cleanup pruned for this entity. */
+  retainedSince(entity: string): number {
+    return (this.catalog.s.getMeta.get(`pruned_through:${entity}`) as number | undefined) ?? 0;
+  }
+
+  /** Rows in an entity's table, or in the log when no entity is given. */
+  count(entity?: string): number {
+    if (entity === undefined) return this.countLog.get() as number;
+    const { table } = this.catalog.entity(entity);
+    return this.catalog.db.prepare(`SELECT COUNT(*) FROM ${table}`).pluck().get() as number;
+  }
+}
+
+function toChange(row: LogRow): Change {
+  return {
+    entity: row.entity,
+    id: row.entity_id,
+    entity_id: row.entity_id,
+    action: row.action,
+    data: row.data === null ? null : (JSON.parse(row.data) as Row),
+    version: row.version,
+    hlc: row.hlc,
+    client_id: row.client_id,
+  };
+}

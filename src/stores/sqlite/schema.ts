@@ -1,0 +1,305 @@
+/**
+ * The SQLite store's tables and the Catalog of synced tables: introspection,
+ * the log tables' DDL, the capture triggers, and each table's prepared
+ * statements (shared by reads, entity pushes and field pushes).
+ *
+ * Change capture is done by triggers, so writes from app code, raw SQL and
+ * other processes are logged alike. A push stamps its writes through the
+ * one-row context table, which the triggers read.
+ */
+import type BetterSqlite3 from 'better-sqlite3';
+import { quoteIdent } from '../../core/config.js';
+import type { ChangeAction, ColumnSchema, Row } from '../../core/protocol.js';
+import { type EntityTarget, fieldClientKey, type TableSchema, type WriteStamp } from '../../core/store.js';
+
+export type Database = BetterSqlite3.Database;
+export type Statement = BetterSqlite3.Statement;
+
+/** The change log: one global, strictly increasing version sequence (AUTOINCREMENT). */
+export const LOG_TABLE = '_rhtmx_sync_log';
+/** The exactly-once record of both push families (field pushes under `fieldClientKey`). */
+export const CLIENTS_TABLE = '_rhtmx_sync_clients';
+/** Per-field bookkeeping, created by the field store (fields.ts) when field sync is on. */
+export const FIELD_VERSIONS_TABLE = '_rhtmx_field_versions';
+/** One-row table a push fills so triggers can stamp its writes with the client id and HLC. */
+export const CONTEXT_TABLE = '_rhtmx_sync_context';
+/** Small counters: `pruned_through:<entity>`, the newest delete cleanup pruned. */
+export const META_TABLE = '_rhtmx_sync_meta';
+/** Where the previous version kept field pushes' records; migrated into CLIENTS_TABLE at init. */
+const OLD_FIELD_CLIENTS_TABLE = '_rhtmx_field_clients';
+/** Epoch ms in SQL. julianday, not unixepoch('subsec'): the sqlite3 CLI of older systems (< 3.42) must run our triggers too. */
+const NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+
+/** Maps a declared SQLite column type to the wire type clients coerce to (SQLite affinity rules). */
+export function sqliteColumnType(declared: string): ColumnSchema['type'] {
+  const type = declared.toUpperCase();
+  if (type.includes('BOOL')) return 'boolean';
+  if (type.includes('INT')) return 'integer';
+  if (type.includes('JSON')) return 'json';
+  if (type.includes('CHAR') || type.includes('CLOB') || type.includes('TEXT')) return 'text';
+  if (type.includes('BLOB') || type === '') return type === '' ? 'text' : 'blob';
+  if (type.includes('REAL') || type.includes('FLOA') || type.includes('DOUB') || type.includes('NUM') || type.includes('DEC')) {
+    return 'number';
+  }
+  return 'text';
+}
+
+/** A column as the row's JSON shows it: booleans as JSON booleans, blobs as upper-case hex, JSON columns parsed. */
+function jsonValueExpression(column: ColumnSchema, ref: string): string {
+  switch (column.type) {
+    case 'boolean':
+      return `CASE WHEN ${ref} IS NULL THEN NULL WHEN ${ref} THEN json('true') ELSE json('false') END`;
+    case 'blob':
+      return `hex(${ref})`;
+    case 'json':
+      return `CASE WHEN json_valid(${ref}) THEN json(${ref}) ELSE ${ref} END`;
+    default:
+      return ref;
+  }
+}
+
+/** A SQL string literal. */
+export const literal = (text: string): string => `'${text.replaceAll("'", "''")}'`;
+
+/** A row's latest log entry: who wrote it and when, and what it did. */
+export interface LastEntry extends WriteStamp {
+  action: ChangeAction;
+}
+
+/** One synced table: its prepared statements, and the row reads and writes entity and field pushes share. */
+export type SyncedTable = ReturnType<typeof prepareTable>;
+
+function prepareTable(db: Database, schema: TableSchema) {
+  const table = quoteIdent(schema.table);
+  const key = quoteIdent(schema.primaryKey);
+  const rowJson = rowJsonBuilder(schema);
+  const keyIsInteger = schema.columns.find((column) => column.primaryKey)?.type === 'integer';
+  const idText = `CAST(t.${key} AS TEXT) AS id`;
+  const version = `COALESCE((SELECT version FROM ${LOG_TABLE} l WHERE l.entity = ${literal(schema.entity)}
+     AND l.entity_id = CAST(t.${key} AS TEXT) ORDER BY version DESC LIMIT 1), 0) AS version`;
+  const [first, next] = ['', `WHERE t.${key} > ?`].map((where) =>
+    db.prepare(`SELECT ${idText}, ${rowJson('t')} AS data, ${version} FROM ${table} t ${where} ORDER BY t.${key} LIMIT ?`),
+  ) as [Statement, Statement];
+  const selectRow = db.prepare(`SELECT ${rowJson('t')} FROM ${table} t WHERE t.${key} = ?`).pluck();
+  const selectRows = db.prepare(
+    `SELECT ${idText}, ${rowJson('t')} AS data FROM ${table} t WHERE t.${key} IN (SELECT value FROM json_each(?))`,
+  );
+  const deleteRow = db.prepare(`DELETE FROM ${table} WHERE ${key} = ?`);
+  // UPDATE and INSERT statements by column set. Bounded: column subsets of one table, checked against the real columns.
+  const writes = new Map<string, Statement>();
+  const cached = (sql: string): Statement => {
+    const statement = writes.get(sql) ?? db.prepare(sql);
+    if (writes.size < 256) writes.set(sql, statement);
+    return statement;
+  };
+  /** Bind a string id with the key column's type so integer keys compare and sort as numbers. */
+  const keyValue = (id: string): string | number => (keyIsInteger && /^-?\d{1,15}$/.test(id) ? Number(id) : id);
+  return {
+    schema,
+    table,
+    columns: new Map(schema.columns.map((column) => [column.name, column])) as ReadonlyMap<string, ColumnSchema>,
+    keyIsInteger,
+    keyValue,
+    /** Current rows after key `after` (from the first when undefined), ordered by key, with the version of each row's latest log entry (0: never logged). */
+    page(limit: number, after: string | undefined): Array<{ id: string; data: string; version: number }> {
+      return (after === undefined ? first.all(limit) : next.all(keyValue(after), limit)) as Array<{
+        id: string;
+        data: string;
+        version: number;
+      }>;
+    },
+    /** The row as its JSON shows it (the one shape the log, snapshots and field reads show), or null. */
+    row(id: string): Row | null {
+      const json = selectRow.get(keyValue(id)) as string | undefined;
+      return json === undefined ? null : (JSON.parse(json) as Row);
+    },
+    /** Current rows by id, as their JSON shows them; missing ids are absent. */
+    rows(ids: readonly string[]): Map<string, Row> {
+      const found = selectRows.all(JSON.stringify(ids.map(keyValue))) as Array<{ id: string; data: string }>;
+      return new Map(found.map((row) => [row.id, JSON.parse(row.data) as Row]));
+    },
+    delete(id: string): void {
+      deleteRow.run(keyValue(id));
+    },
+    /**
+     * UPDATE the given columns of row `id`, or INSERT a row with them (keyed
+     * `id`, or by the database when null). Names must be real columns (the
+     * caller checks); values are bound, never interpolated. Returns the row's id.
+     */
+    write(kind: 'update' | 'insert', id: string | null, values: Record<string, unknown>): string | null {
+      const names = Object.keys(values);
+      const bound = names.map((name) => bindable(values[name]));
+      if (kind === 'update') {
+        if (names.length === 0 || id === null) return id;
+        cached(`UPDATE ${table} SET ${names.map((name) => `${quoteIdent(name)} = ?`).join(', ')} WHERE ${key} = ?`).run(
+          ...bound,
+          keyValue(id),
+        );
+        return id;
+      }
+      if (id !== null) {
+        names.unshift(schema.primaryKey);
+        bound.unshift(keyValue(id));
+      }
+      const into =
+        names.length === 0 ? 'DEFAULT VALUES' : `(${names.map(quoteIdent).join(', ')}) VALUES (${names.map(() => '?').join(', ')})`;
+      const info = cached(`INSERT INTO ${table} ${into}`).run(...bound);
+      return id ?? String(info.lastInsertRowid);
+    },
+  };
+}
+
+/** A value ready to bind: SQLite has no booleans (1/0); bytes bind as they are. */
+const bindable = (value: unknown): unknown => (typeof value === 'boolean' ? Number(value) : value);
+
+/** The synced tables of one database and the statements every part of the store shares. */
+export class Catalog {
+  private readonly entities = new Map<string, SyncedTable>();
+  readonly s: ReturnType<Catalog['prepareShared']>;
+
+  constructor(readonly db: Database) {
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS ${LOG_TABLE} (
+        version INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT NULL, entity_id TEXT NOT NULL, action TEXT NOT NULL,
+        data TEXT, hlc INTEGER NOT NULL, client_id TEXT, created_at INTEGER NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS ${LOG_TABLE}_entity ON ${LOG_TABLE} (entity, version);
+      CREATE INDEX IF NOT EXISTS ${LOG_TABLE}_row ON ${LOG_TABLE} (entity, entity_id, version);
+      CREATE INDEX IF NOT EXISTS ${LOG_TABLE}_age ON ${LOG_TABLE} (created_at);
+      CREATE TABLE IF NOT EXISTS ${CLIENTS_TABLE} (client_id TEXT PRIMARY KEY, last_mutation_id INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS ${META_TABLE} (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+      -- Versions start above 0: 0 means "no snapshot yet" to clients, so a table synced before its
+      -- first write must still hand out a cursor they can continue from.
+      INSERT INTO sqlite_sequence (name, seq) SELECT '${LOG_TABLE}', 1
+        WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = '${LOG_TABLE}');
+      CREATE TABLE IF NOT EXISTS ${CONTEXT_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), client_id TEXT, hlc INTEGER);
+    `);
+    this.s = this.prepareShared();
+  }
+
+  private prepareShared() {
+    const db = this.db;
+    return {
+      // The AUTOINCREMENT counter, not MAX(version): pruning the newest tombstone must not move cursors back.
+      maxVersion: db.prepare(`SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '${LOG_TABLE}'), 0)`).pluck(),
+      lastEntry: db.prepare(
+        `SELECT version, hlc, client_id AS clientId, action FROM ${LOG_TABLE} WHERE entity = ? AND entity_id = ? ORDER BY version DESC LIMIT 1`,
+      ),
+      baseRow: db.prepare(`SELECT data FROM ${LOG_TABLE} WHERE entity = ? AND entity_id = ? AND version = ?`).pluck(),
+      lastMutation: db.prepare(`SELECT last_mutation_id FROM ${CLIENTS_TABLE} WHERE client_id = ?`).pluck(),
+      saveMutation: db.prepare(
+        `INSERT INTO ${CLIENTS_TABLE} (client_id, last_mutation_id, updated_at) VALUES (?, ?, ?)
+         ON CONFLICT (client_id) DO UPDATE SET last_mutation_id = MAX(last_mutation_id, excluded.last_mutation_id),
+           updated_at = MAX(updated_at, excluded.updated_at)`,
+      ),
+      setContext: db.prepare(`INSERT OR REPLACE INTO ${CONTEXT_TABLE} (id, client_id, hlc) VALUES (1, ?, ?)`),
+      clearContext: db.prepare(`DELETE FROM ${CONTEXT_TABLE}`),
+      getMeta: db.prepare(`SELECT value FROM ${META_TABLE} WHERE key = ?`).pluck(),
+      setMeta: db.prepare(
+        `INSERT INTO ${META_TABLE} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)`,
+      ),
+    };
+  }
+
+  /** Introspect the tables, (re)install their triggers and prepare their statements; migrate old records first. */
+  install(targets: EntityTarget[]): TableSchema[] {
+    this.migrateFieldClients();
+    const schemas = this.db.transaction(() =>
+      targets.map((target) => {
+        const schema = this.introspect(target);
+        this.installTriggers(schema);
+        return schema;
+      }),
+    )();
+    for (const schema of schemas) this.entities.set(schema.entity, prepareTable(this.db, schema));
+    return schemas;
+  }
+
+  /**
+   * Field pushes used to keep their records in a table of their own. Move
+   * them under `fieldClientKey` (keeping the greater id when a record exists
+   * there already) and drop the old table, under the write lock, so two
+   * processes starting at once migrate once.
+   */
+  private migrateFieldClients(): void {
+    const exists = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).pluck();
+    if (!exists.get(OLD_FIELD_CLIENTS_TABLE)) return;
+    this.db
+      .transaction(() => {
+        if (!exists.get(OLD_FIELD_CLIENTS_TABLE)) return; // another process was first
+        const old = this.db.prepare(`SELECT client_id, last_mutation_id, updated_at FROM ${OLD_FIELD_CLIENTS_TABLE}`).raw().all();
+        for (const [id, last, at] of old as Array<[string, number, number]>) this.s.saveMutation.run(fieldClientKey(id), last, at);
+        this.db.exec(`DROP TABLE ${OLD_FIELD_CLIENTS_TABLE}`);
+      })
+      .immediate();
+  }
+
+  private introspect(target: EntityTarget): TableSchema {
+    type Info = { name: string; type: string; not_null: number; pk: number };
+    const info = this.db.prepare('SELECT name, type, "notnull" AS not_null, pk FROM pragma_table_info(?)').all(target.table) as Info[];
+    if (info.length === 0) throw new Error(`rhtmx-sync: table ${target.table} does not exist`);
+    const keys = info.filter((column) => column.pk > 0);
+    const primaryKey = target.primaryKey ?? (keys.length === 1 ? keys[0]?.name : undefined);
+    if (!primaryKey) {
+      throw new Error(`rhtmx-sync: table ${target.table} needs a single-column primary key (or set primaryKey)`);
+    }
+    if (!info.some((column) => column.name === primaryKey)) {
+      throw new Error(`rhtmx-sync: primary key ${primaryKey} is not a column of ${target.table}`);
+    }
+    const columns: ColumnSchema[] = info.map((column) => ({
+      name: column.name,
+      type: sqliteColumnType(column.type),
+      nullable: column.not_null === 0 && column.name !== primaryKey,
+      primaryKey: column.name === primaryKey,
+    }));
+    return { entity: target.entity, table: target.table, primaryKey, columns };
+  }
+
+  /** Drop and recreate the triggers so they match the table's current columns. */
+  private installTriggers(schema: TableSchema): void {
+    const key = quoteIdent(schema.primaryKey);
+    const rowJson = rowJsonBuilder(schema);
+    const context = (column: string) => `(SELECT ${column} FROM ${CONTEXT_TABLE} WHERE id = 1)`;
+    // INSERT … SELECT so one trigger can log conditionally (the re-key delete below).
+    const insertLog = (action: ChangeAction, idRef: string, data: string, when = '1') =>
+      `INSERT INTO ${LOG_TABLE} (entity, entity_id, action, data, hlc, client_id, created_at)
+       SELECT ${literal(schema.entity)}, CAST(${idRef} AS TEXT), '${action}', ${data},
+         COALESCE(${context('hlc')}, ${NOW_MS} * 4096), ${context('client_id')}, ${NOW_MS} WHERE ${when};`;
+    const name = (suffix: string) => quoteIdent(`_rhtmx_${schema.table}_${suffix}`);
+    for (const suffix of ['insert', 'update', 'rekey', 'delete']) this.db.exec(`DROP TRIGGER IF EXISTS ${name(suffix)}`);
+    const table = quoteIdent(schema.table);
+    this.db.exec(`
+      CREATE TRIGGER ${name('insert')} AFTER INSERT ON ${table} BEGIN
+        ${insertLog('create', `NEW.${key}`, rowJson('NEW'))}
+      END;
+      CREATE TRIGGER ${name('update')} AFTER UPDATE ON ${table} BEGIN
+        ${insertLog('delete', `OLD.${key}`, 'NULL', `OLD.${key} IS NOT NEW.${key}`)}
+        ${insertLog('update', `NEW.${key}`, rowJson('NEW'))}
+      END;
+      CREATE TRIGGER ${name('delete')} AFTER DELETE ON ${table} BEGIN
+        ${insertLog('delete', `OLD.${key}`, 'NULL')}
+      END;
+    `);
+  }
+
+  entity(name: string): SyncedTable {
+    const entity = this.entities.get(name);
+    if (!entity) throw new Error(`rhtmx-sync: entity ${name} is not initialised`);
+    return entity;
+  }
+
+  lastEntry(entity: string, id: string): LastEntry | undefined {
+    return this.s.lastEntry.get(entity, id) as LastEntry | undefined;
+  }
+
+  currentVersion(): number {
+    return this.s.maxVersion.get() as number;
+  }
+}
+
+function rowJsonBuilder(schema: TableSchema): (alias: string) => string {
+  return (alias) =>
+    `json_object(${schema.columns
+      .map((column) => `${literal(column.name)}, ${jsonValueExpression(column, `${alias}.${quoteIdent(column.name)}`)}`)
+      .join(', ')})`;
+}

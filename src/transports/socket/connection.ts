@@ -1,0 +1,190 @@
+/**
+ * One client's WebSocket: its live subscription, its budgets (bytes queued,
+ * messages, rows read) and its current rights. The endpoint owns the sockets;
+ * this is what each one carries.
+ */
+import { type WebSocket, WebSocketServer } from 'ws';
+import { reauthorize } from '../../core/access.js';
+import type { Authorize, SyncLimits, SyncUser } from '../../core/config.js';
+import { toSyncError } from '../../core/errors.js';
+import { EntityFilter, type Family, type LiveBatch } from '../../core/hub.js';
+import { CloseCode } from '../../core/protocol.js';
+import { Budget, type LiveSession } from '../../core/sessions.js';
+
+/** What a connection asks of its endpoint when its rights are re-checked. */
+export interface Rescoping {
+  readonly options: { authorize?: Authorize };
+  scopeKey(connection: SyncConnection, user: SyncUser | null): string;
+  rescope(connection: SyncConnection): void;
+}
+
+/** One client's socket, its subscription and its budgets. */
+export class SyncConnection implements LiveSession {
+  readonly kind = 'websocket';
+  filter: EntityFilter;
+  unsubscribe: (() => void) | null = null;
+  /** The log version this socket has been brought up to (re-subscriptions continue from it). */
+  cursor = 0;
+  alive = true;
+  /** Requests received and not yet answered. */
+  pending = 0;
+  private chain: Promise<void> = Promise.resolve();
+  private readonly messages: Budget;
+  private readonly rows: Budget;
+  private drainWaiters: Array<() => void> = [];
+  private closed = false;
+
+  constructor(
+    readonly socket: WebSocket,
+    private readonly limits: SyncLimits,
+    /** Who the socket runs as now (null without an authorize hook); updated by every re-check. */
+    public user: SyncUser | null = null,
+    /** The upgrade request, kept to re-check the session (null without an authorize hook). */
+    readonly request: Request | null = null,
+    private readonly endpoint: Rescoping | null = null,
+    /** The message family this socket speaks (its path decides). */
+    readonly family: Family = 'change',
+    /** The principal's row budget, shared with its other sockets (a fresh one when absent). */
+    rows?: Budget,
+  ) {
+    this.filter = new EntityFilter(new Set(), false, undefined, family);
+    this.messages = new Budget(limits.wsMessagesPerSecond);
+    this.rows = rows ?? new Budget(limits.wsRowsPerSecond);
+    socket.once('close', () => {
+      this.closed = true;
+      this.wakeDrainWaiters();
+    });
+  }
+
+  get open(): boolean {
+    return !this.closed && this.socket.readyState === this.socket.OPEN;
+  }
+
+  /**
+   * Send a reply or a batch. Replies and live batches count together against
+   * `maxBufferedBytes`: one that would take the queue past it (behind bytes the
+   * client has not taken yet) closes the socket with 4008, and the client
+   * catches up by pull. Catch-up pages (`paced`) are read only once the queue
+   * is below half the bound, so they are bounded by that pacing instead.
+   */
+  send(message: object | string | Buffer, live = false, paced = false): boolean {
+    if (!this.open) return false;
+    const data = typeof message === 'string' || Buffer.isBuffer(message) ? message : JSON.stringify(message);
+    const size = typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
+    const queued = this.socket.bufferedAmount;
+    if (!paced && queued > 0 && queued + size > this.limits.maxBufferedBytes) {
+      this.close(CloseCode.SlowConsumer, 'slow consumer: reconnect and pull');
+      return false;
+    }
+    // A live batch goes to every subscriber: deflating it would be per-client work (and queue
+    // behind zlib's thread pool), so it is sent as encoded once; replies may be compressed.
+    this.socket.send(data, { binary: false, compress: !live }, () => this.wakeDrainWaiters());
+    return true;
+  }
+
+  /**
+   * Resolves once the socket's send queue is below half the limit and the row
+   * budget is out of debt (or the socket is gone). Woken by the socket's own
+   * write callbacks and one timer for the budget: never by polling.
+   */
+  async drained(): Promise<void> {
+    while (this.open && this.socket.bufferedAmount > this.limits.maxBufferedBytes / 2) {
+      await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+    }
+    await this.rowBudget();
+  }
+
+  private wakeDrainWaiters(): void {
+    if (this.drainWaiters.length === 0) return;
+    if (!this.closed && this.socket.bufferedAmount > this.limits.maxBufferedBytes / 2) return;
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+
+  /** Wait until the row budget is out of debt. */
+  async rowBudget(): Promise<void> {
+    const wait = this.rows.waitMs();
+    if (wait > 0 && this.open) await new Promise((resolve) => setTimeout(resolve, wait));
+  }
+
+  /** Count rows read for this socket against `wsRowsPerSecond`. */
+  spendRows(rows: number): void {
+    this.rows.spend(rows);
+  }
+
+  /** Take a message token; false when the socket is over `wsMessagesPerSecond`. */
+  takeMessage(): boolean {
+    return this.messages.take();
+  }
+
+  /** Run `work` after every earlier request of this socket has been answered. */
+  enqueue(work: () => Promise<void>): void {
+    this.pending++;
+    // Each request starts in a turn of its own, so I/O of other clients runs between one socket's requests.
+    this.chain = this.chain
+      .then(() => new Promise<void>((resolve) => setImmediate(resolve)))
+      .then(work)
+      .finally(() => {
+        this.pending--;
+      });
+  }
+
+  close(code: number, reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.unsubscribe?.();
+    this.unsubscribe = null;
+    this.socket.close(code, reason);
+    this.wakeDrainWaiters();
+  }
+
+  /**
+   * Re-run authorize on the upgrade request: a refused session closes the
+   * socket (4401 ended, 4403 forbidden); changed rights re-scope its live view.
+   */
+  async recheck(): Promise<void> {
+    await this.currentUser();
+  }
+
+  /** The socket's user now, re-checked; null after the socket was closed for a refused session. */
+  async currentUser(): Promise<{ user: SyncUser | null } | null> {
+    if (!this.request || !this.endpoint?.options.authorize) return { user: this.user };
+    let user: SyncUser | null;
+    try {
+      user = await reauthorize(this.endpoint.options.authorize, this.request, this.user);
+    } catch (error) {
+      const refusal = toSyncError(error);
+      this.send(refusal.toMessage());
+      this.close(refusal.status === 403 ? CloseCode.Forbidden : CloseCode.SessionEnded, refusal.message.slice(0, 100));
+      return null;
+    }
+    if (!this.open) return null;
+    this.user = user;
+    // Against the key the live view was built with (the app may have mutated the old user object in place).
+    if ((this.filter.scope?.key ?? '') !== this.endpoint.scopeKey(this, user)) this.endpoint.rescope(this);
+    return { user };
+  }
+}
+
+/** A `ws` server (no own HTTP server) with our message size and compression bounds. */
+export function createSocketServer(limits: SyncLimits): WebSocketServer {
+  return new WebSocketServer({
+    noServer: true,
+    maxPayload: limits.maxWsMessageBytes,
+    perMessageDeflate: {
+      threshold: 1024,
+      // Without these ws ignores `threshold` (both ways), deflates every message and keeps zlib
+      // contexts (~250 KiB) per socket for life; with them small messages go as they are.
+      serverNoContextTakeover: true,
+      clientNoContextTakeover: true,
+      // Bound what a compressed frame may inflate to (gzip bombs): ws checks maxPayload after inflating.
+      zlibInflateOptions: { chunkSize: 16 * 1024 },
+      concurrencyLimit: 4,
+    },
+  });
+}
+
+/** The bytes of a batch's message for one filter, shared by every socket with that filter; null when nothing concerns it. */
+export const liveBytes = (batch: LiveBatch, filter: EntityFilter): Buffer | null =>
+  batch.framed(filter, 'ws', (message) => Buffer.from(message));
