@@ -86,6 +86,8 @@ for (const store of STORES) {
         { id: 'b1', action: 'delete' },
         { id: 'new', action: 'create', data: { owner: 'bob', body: 'planted' } },
         { id: 'a1', action: 'update', data: { owner: 'bob' } },
+        // A create naming an existing id is an update of that row: no taking over bob's note.
+        { id: 'b1', action: 'create', data: { owner: 'alice', body: 'mine now' } },
       ];
       for (const change of attempts) {
         const response = await call(`${server.url}/api/sync/notes`, 'token-alice', {

@@ -198,7 +198,7 @@ export function checkWrite(
   if (rules.write) {
     let verdict: boolean | string;
     try {
-      verdict = rules.write({ action: change.action, id: change.id, data: change.data, current: server.row }, user);
+      verdict = rules.write({ action: performedAction(change, server), id: change.id, data: change.data, current: server.row }, user);
     } catch {
       verdict = false;
     }
@@ -213,6 +213,17 @@ export function checkWrite(
     if (change.id !== null) next[primaryKey] = next[primaryKey] ?? change.id;
     if (!inScope(next, rules.read, user)) throw refuse('the row would be outside your scope');
   }
+}
+
+/**
+ * The action a change really performs on the server row, which is what a
+ * write rule must judge: a `create` naming an existing row updates it, an
+ * `update` of a row the server does not have creates it.
+ */
+export function performedAction(change: ValidatedChange, server: ServerRowState): ValidatedChange['action'] {
+  if (change.action === 'create' && server.row !== null) return 'update';
+  if (change.action === 'update' && server.row === null) return 'create';
+  return change.action;
 }
 
 /** Client ids are per user: the same id from two users never shares exactly-once bookkeeping. */
