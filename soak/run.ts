@@ -13,7 +13,7 @@
  *   --no-hostile                   no hostile participant (soak/hostile.ts: malformed requests, resets,
  *                                  non-reading WebSocket and SSE clients, request floods)
  *   --no-hold                      devices apply server changes while a push is in flight, as the
- *                                  browser client did before src/client/push-gate.ts (shows that bug)
+ *                                  browser client did before its push gate (src/client/queue/flusher.ts, Flusher.idle) (shows that bug)
  *   --client-dir dir               serve the browsers this client build (rhtmx-sync.js) instead of dist/client
  *   --json path                    also write every report as JSON
  *

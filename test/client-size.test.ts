@@ -1,7 +1,9 @@
 /**
  * Size budget: the script-tag client (`/api/sync/client.js`) stays at or
- * under 8 KiB gzipped (zlib level 9, what ClientAssets serves). Measured on
- * a fresh bundle of src/client, and on dist/client when it has been built.
+ * under 7 KiB gzipped (zlib level 9, what ClientAssets serves; 7,082 bytes
+ * when the entity and field clients came to share one flusher, one
+ * request/reply helper and one error class). Measured on a fresh bundle of
+ * src/client, and on dist/client when it has been built.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
@@ -10,7 +12,7 @@ import { test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { buildClient, root } from './browser/client-bundle.js';
 
-const BUDGET = 8192;
+const BUDGET = 7 * 1024;
 
 const gzipSize = (path: string) => gzipSync(readFileSync(path), { level: 9 }).byteLength;
 

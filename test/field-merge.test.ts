@@ -5,9 +5,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { FieldMergeStrategy } from '../src/core/config.js';
+import { decideField, type FieldPolicy } from '../src/core/field/merge.js';
 import { HybridClock, packHlc } from '../src/core/hlc.js';
 import type { FieldServerState, FieldWrite, WriteStamp } from '../src/core/store.js';
-import { decideField, type FieldPolicy } from '../src/core/field/merge.js';
 
 const NOW = 1_700_000_000_000;
 const policy = (strategy: FieldMergeStrategy): FieldPolicy => ({ strategy, clock: new HybridClock(() => NOW, 1000), now: () => NOW });

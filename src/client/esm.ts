@@ -10,17 +10,7 @@
  * ```
  */
 export type { Change, ChangeAction, PushResult, Row } from '../core/protocol.js';
-export {
-  type ChangedDetail,
-  type ConflictDetail,
-  type ConnectionState,
-  type ConnectionStateDetail,
-  createSyncClient,
-  type LocalChange,
-  type OutboxEntry,
-  type ProgressDetail,
-  type QueuedDetail,
-  type SyncClient,
-  type SyncClientOptions,
-  type SyncErrorDetail,
-} from './sync-client.js';
+export { SyncHttpError } from './net/http.js';
+// The API's types: SyncClient, SyncClientOptions, OutboxEntry, LocalChange and the event details.
+export type * from './sync-client.js';
+export { createSyncClient } from './sync-client.js';

@@ -6,7 +6,7 @@
  */
 import type { ChangeAction } from '../core/protocol.js';
 
-/** Detail of `rhtmx:<entity>:changed`: every row of the batch, plus the seed's single-row shape for the last one. */
+/** Detail of `rhtmx:<entity>:changed`: every row of the batch, plus the original crate's single-row shape for the last one. */
 export interface ChangedDetail {
   entity: string;
   ids: string[];
@@ -37,11 +37,8 @@ export function changeEvents(): (changes: RowChange[]) => void {
   };
   return (changes) => {
     for (const [entity, id, action] of changes) {
-      const batch = batches.get(entity) ?? { ids: new Set<string>(), id, action };
-      batch.ids.add(id);
-      batch.id = id;
-      batch.action = action;
-      batches.set(entity, batch);
+      const ids = batches.get(entity)?.ids ?? new Set<string>();
+      batches.set(entity, { ids: ids.add(id), id, action });
     }
     if (scheduled || batches.size === 0) return;
     scheduled = true;

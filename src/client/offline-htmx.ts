@@ -15,13 +15,13 @@
  *   not: the server may have applied them.
  */
 import type { ColumnSchema, Row, SchemaResponse } from '../core/protocol.js';
-import type { LocalChange } from './outbox.js';
+import type { LocalChange } from './queue/outbox.js';
 
 /** Form fields as htmx carries them (DELETE puts them in the URL instead). */
 type Fields = URLSearchParams | FormData | null | undefined;
 
 const WRITES = /^(POST|PUT|PATCH|DELETE)$/;
-const WORDS: Record<string, boolean> = { on: true, true: true, yes: true, off: false, false: false, no: false };
+const WORDS: Record<string, boolean> = { on: true, true: true, yes: true, 1: true, off: false, false: false, no: false, 0: false };
 
 /** A form string as the column's type: checkbox `on` → true (1 for integers), numbers, `''` → null when nullable. */
 export function coerce({ type, nullable }: ColumnSchema, value: string): unknown {
@@ -34,7 +34,7 @@ export function coerce({ type, nullable }: ColumnSchema, value: string): unknown
       return value;
     }
   }
-  const flag = WORDS[value.toLowerCase()] ?? (value === '1' ? true : value === '0' ? false : undefined);
+  const flag: boolean | undefined = WORDS[value.toLowerCase()];
   if (type === 'boolean') return flag ?? value;
   const number = Number(value);
   return Number.isFinite(number) ? number : flag === undefined ? value : +flag;

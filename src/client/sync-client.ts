@@ -8,22 +8,24 @@
  * outbox, `w` entities a tab wants synced, `r` the leader finished a
  * catch-up, `l` a tab just became the leader (followers answer with `w`).
  */
-import type { ChangeAction, LiveChangeMessage, Row, SchemaResponse } from '../core/protocol.js';
-import { type Connection, type ConnectionState, connect, fetchJson, type HttpError } from './connection.js';
+import type { ChangeAction, Row, SchemaResponse } from '../core/protocol.js';
 import { changeEvents, dispatch, type RowChange } from './events.js';
-import { uuid } from './hlc.js';
-import { META, OUTBOX, openDb, req } from './idb.js';
 import { electLeader, tabChannel } from './leader.js';
+import { openDb } from './local/idb.js';
+import type { Cursor, OutboxEntry, StoredRow } from './local/replica.js';
+import { clientIdIn, cursorKey, liveApplier, publicRow, pullEntity } from './local/replica.js';
+import { META, OUTBOX } from './local/store.js';
+import { type Connection, type ConnectionState, connect } from './net/connection.js';
+import { http, type SyncHttpError } from './net/http.js';
 import { mapRequest, offlineHtmx } from './offline-htmx.js';
-import { type ConflictDetail, enqueue, type LocalChange, outboxFlusher, sender } from './outbox.js';
-import { serverChangesMayApply } from './push-gate.js';
-import { applyServer, type Cursor, cursorKey, type OutboxEntry, publicRow, pullEntity, type StoredRow } from './replica.js';
+import { isStorageError } from './queue/flusher.js';
+import { type ConflictDetail, enqueue, type LocalChange, outboxFlusher, sender } from './queue/outbox.js';
 import { registerWorker } from './service-worker.js';
 
-export type { ConnectionState } from './connection.js';
 export type { ChangedDetail } from './events.js';
-export type { ConflictDetail, LocalChange } from './outbox.js';
-export type { OutboxEntry, ProgressDetail } from './replica.js';
+export type { OutboxEntry, ProgressDetail } from './local/replica.js';
+export type { ConnectionState } from './net/connection.js';
+export type { ConflictDetail, LocalChange } from './queue/outbox.js';
 
 /** Options of `createSyncClient` (the script tag's `data-*` attributes). */
 export interface SyncClientOptions {
@@ -105,7 +107,7 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
   const base = options.baseUrl.replace(/\/+$/, '');
   const entities = [...(options.entities ?? [])];
   const db = openDb(options.dbName ?? 'rhtmx-sync');
-  const fire = changeEvents();
+  const server = http(base);
   const log = (...args: unknown[]) => {
     if (options.debug) console.log('[rhtmx-sync]', ...args);
   };
@@ -116,14 +118,12 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
   let connection: Connection | undefined;
   let isReady = false;
   let resolveReady!: () => void;
-  /** Live batches apply strictly in order; after a failed one, nothing more until the next catch-up. */
-  let live = Promise.resolve();
-  let failedLive = false;
   const ready = new Promise<void>((resolve) => {
     resolveReady = resolve;
   });
 
-  const post = tabChannel<TabMessage>((message) => {
+  const fire = changeEvents();
+  const post = tabChannel<TabMessage>('rhtmx-sync', (message) => {
     if (message.c) fire(message.c);
     if (message.e) {
       dispatch(...message.e);
@@ -144,7 +144,6 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
       if (isReady) post({ r: 1 });
     }
   });
-
   /** Rows changed in this tab: fire here and in every other tab. */
   const changed = (rows: RowChange[]) => {
     if (!rows.length) return;
@@ -169,13 +168,13 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
   };
   /** Ready without a pull: every entity has a complete local copy (a follower, or offline). */
   const checkReady = async () => {
-    const cursors = await db.run([META], 'readonly', (tx) =>
-      Promise.all(entities.map((entity) => req(tx.objectStore(META).get(cursorKey(entity))) as Promise<Cursor | undefined>)),
-    );
+    const cursors = await db.read([META], (tx) => Promise.all(entities.map((entity) => tx.get<Cursor>(META, cursorKey(entity)))));
     if (cursors.every((cursor) => cursor && !cursor.n)) markReady();
   };
 
-  const pull = (entity: string) => pullEntity(db, base, entity, changed, (detail) => emit('rhtmx:sync:progress', detail));
+  /** Server changes apply after the answer of a push in flight (the push gate, flusher.ts). */
+  const replica = { db, idle: () => flush.idle(), changed };
+  const pull = (entity: string) => pullEntity(replica, server, entity, (detail) => emit('rhtmx:sync:progress', detail));
 
   /**
    * `GET /schema` (entity discovery, integer keys, offline htmx), fetched once per page and kept in
@@ -183,22 +182,22 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
    */
   let schema: Promise<SchemaResponse> | null = null;
   const getSchema = (): Promise<SchemaResponse> =>
-    (schema ??= fetchJson<SchemaResponse>(`${base}/schema`).then(
+    (schema ??= server<SchemaResponse>('/schema').then(
       (fresh) => {
-        db.run([META], 'readwrite', (tx) => tx.objectStore(META).put(fresh, 'schema')).catch(log);
+        db.write([META], (tx) => tx.put(META, fresh, 'schema')).catch(log);
         return fresh;
       },
       async (error) => {
         // The stored copy is not kept: the next call asks the server again.
         schema = null;
-        return (await db.run([META], 'readonly', (tx) => req(tx.objectStore(META).get('schema')))) ?? Promise.reject(error);
+        return (await db.read([META], (tx) => tx.get<SchemaResponse>(META, 'schema'))) ?? Promise.reject(error);
       },
     ));
 
   const flush = outboxFlusher({
     db,
     send: sender(
-      base,
+      server,
       () => clientId,
       (message) => connection?.request(message) ?? null,
     ),
@@ -208,63 +207,38 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
     },
     changed,
     conflict: (detail: ConflictDetail) => emit('rhtmx:sync:conflict', detail),
+    online: () => navigator.onLine,
     error: (error) => fail('push', error),
     log,
   });
 
+  /** Live batches; a failed one reconnects, and the catch-up pull brings it again. */
+  const live = liveApplier(replica, entities, (error) => {
+    fail('live', error);
+    connection?.restart();
+  });
+
   /** Leader: pull everything (on every connect), then live changes resume from the lowest cursor. */
   const catchUp = async (): Promise<number> => {
-    failedLive = false;
+    live.resume();
     // Stored for offline htmx in a page reopened offline.
     getSchema().catch(log);
     const cursors = await Promise.all(
       [...entities].map((entity) =>
-        pull(entity).catch((error: HttpError) => {
+        pull(entity).catch((error: SyncHttpError) => {
           // Storage failures (QuotaExceededError...) reach the app; network ones only retry.
-          if (error instanceof DOMException && error.name !== 'TimeoutError') fail('pull', error, entity);
-          if (error.body?.error.code !== 'unknown_entity') throw error;
+          if (isStorageError(error)) fail('pull', error, entity);
+          if (error.code !== 'unknown_entity') throw error;
           // A misconfigured entity must not stall the others: report it and stop syncing it.
           fail('pull', error, entity);
           entities.splice(entities.indexOf(entity), 1);
-          return Number.POSITIVE_INFINITY;
+          return Infinity;
         }),
       ),
     );
     markReady();
     post({ r: 1 });
     return Math.min(...cursors.filter(Number.isFinite));
-  };
-
-  const onChange = (message: LiveChangeMessage) => {
-    live = live.then(async () => {
-      if (failedLive) return;
-      // A push answer still on its way must not overwrite what this batch brings (see push-gate.ts).
-      await serverChangesMayApply(db);
-      const names = entities.filter((entity) => message.changes.some((change) => change.entity === entity));
-      try {
-        const rows = await db.run([...names, META, OUTBOX], 'readwrite', async (tx) => {
-          const meta = tx.objectStore(META);
-          const rows: RowChange[] = [];
-          for (const entity of entities) {
-            const cursor = (await req(meta.get(cursorKey(entity)))) as Cursor | undefined;
-            // Not caught up yet (or mid-snapshot): the pull will bring these.
-            if (!cursor || cursor.n) continue;
-            if (names.includes(entity)) {
-              const mine = message.changes.filter((change) => change.entity === entity);
-              rows.push(...(await applyServer(tx, entity, mine, cursor.v)));
-            }
-            if (message.version > cursor.v) meta.put({ v: message.version }, cursorKey(entity));
-          }
-          return rows;
-        });
-        changed(rows);
-      } catch (error) {
-        // The cursor did not move: reconnecting pulls the lost batch again.
-        failedLive = true;
-        fail('live', error);
-        connection?.restart();
-      }
-    });
   };
 
   const setState = (next: ConnectionState) => {
@@ -284,7 +258,7 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
       useWebSocket: options.useWebSocket !== false,
       entities: () => entities,
       catchUp,
-      onChange,
+      onChange: live.apply,
       onState: setState,
     });
   };
@@ -293,12 +267,7 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
     if (!entities.length) {
       entities.push(...(await getSchema()).entities.map((entity) => entity.name));
     }
-    clientId = await db.run([...entities, META], 'readwrite', async (tx) => {
-      const meta = tx.objectStore(META);
-      const id = ((await req(meta.get('cid'))) as string | undefined) ?? uuid();
-      meta.put(id, 'cid');
-      return id;
-    });
+    clientId = await db.write([...entities, META], clientIdIn);
     // Best effort: without it the browser may evict the outbox under storage pressure.
     navigator.storage?.persist?.().then((granted) => log('persistent storage', granted));
     withLocks = Boolean(navigator.locks);
@@ -308,11 +277,10 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
   })();
   started.catch((error) => fail('storage', error));
 
-  /** Run an operation on an entity store that exists; undefined (not a new store) for unknown entities. */
-  const read = async <T>(entity: string, body: (store: IDBObjectStore) => IDBRequest<T>): Promise<T | undefined> => {
+  /** One row (`key`) or all rows of a store; undefined for a store that does not exist (unknown entities create none). */
+  const read = async <T>(store: string, key?: string): Promise<T | undefined> => {
     await started;
-    if (!(await db.has(entity))) return undefined;
-    return db.run([entity], 'readonly', (tx) => req(body(tx.objectStore(entity))));
+    if (await db.has(store)) return db.read([store], (tx) => (key === undefined ? tx.all(store) : tx.get(store, key)) as Promise<T>);
   };
 
   const api: SyncClient = {
@@ -334,9 +302,9 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
         throw error;
       }
     },
-    get: async (entity, id) => publicRow((await read(entity, (store) => store.get(String(id)))) as StoredRow | undefined),
-    all: async (entity) => ((await read(entity, (store) => store.getAll())) ?? []).map(publicRow) as Row[],
-    pending: async () => (await read(OUTBOX, (store) => store.getAll())) ?? [],
+    get: async (entity, id) => publicRow(await read<StoredRow>(entity, String(id))),
+    all: async (entity) => ((await read<StoredRow[]>(entity)) ?? []).map(publicRow) as Row[],
+    pending: async () => (await read<OutboxEntry[]>(OUTBOX)) ?? [],
     log,
     on(event, listener) {
       const type = event.startsWith('rhtmx:') ? event : `rhtmx:${event}`;

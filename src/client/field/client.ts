@@ -1,12 +1,12 @@
 /**
- * FieldSync: the seed's `window.RHTMXFieldSync`, composed on top of the
+ * FieldSync: the original crate's `window.RHTMXFieldSync`, composed on top of the
  * entity client (`window.rhtmxSync`) that the same bundle starts.
  *
  * - Values: field edits are written into the entity client's IndexedDB rows,
  *   so lists, `get`/`all` and `rhtmx:<entity>:changed` see them at once;
  *   server values come back through the entity connection (field writes are
  *   logged as ordinary row changes), and pending field edits are re-applied
- *   whenever a newer server row lands (see rows.ts).
+ *   whenever a newer server row lands (see outbox.ts).
  * - Network: only the entity leader tab talks to the server. It learns it
  *   leads, and whether the entity connection is live, from
  *   `rhtmx:connection:state`; its field socket lives while that connection
@@ -16,14 +16,16 @@
  */
 
 import { type FieldAction, type FieldPushResult, type LatestFieldsResponse, ROW_FIELD } from '../../core/protocol.js';
-import { deadline, fetchJson, type HttpError } from '../connection.js';
 import { type ChangedDetail, changeEvents, dispatch, type RowChange } from '../events.js';
-import { uuid } from '../hlc.js';
-import { META, openDb, req } from '../idb.js';
-import type { StoredRow } from '../replica.js';
+import { tabChannel } from '../leader.js';
+import { openDb } from '../local/idb.js';
+import { clientIdIn, type StoredRow } from '../local/replica.js';
+import { META } from '../local/store.js';
+import { http, type SyncHttpError } from '../net/http.js';
+import { pushResults } from '../net/rpc.js';
 import type { ConnectionStateDetail, SyncClient } from '../sync-client.js';
-import { type FieldConflictDetail, type FieldSender, fieldFlusher, record, type SendError } from './outbox.js';
-import { FIELD_OUTBOX, FIELD_SEEN, overlay, pendingFields, type StoredFieldChange, writeRow } from './rows.js';
+import type { FieldConflictDetail, FieldOutboxOptions, StoredFieldChange } from './outbox.js';
+import { FIELD_OUTBOX, FIELD_SEEN, fieldFlusher, overlay, pendingFields, record, writeRow } from './outbox.js';
 import { fieldSocket } from './socket.js';
 
 export type { FieldConflictDetail } from './outbox.js';
@@ -44,21 +46,11 @@ export interface FieldSyncOptions {
   dbName?: string;
 }
 
-/** A field edit waiting for the server (what `pending()` returns). */
-export interface PendingFieldChange {
+/** A field edit waiting for the server (what `pending()` returns): the stored change, its id as `mutation_id`. */
+export type PendingFieldChange = Omit<StoredFieldChange, 'id'> & {
   /** Per-client field mutation id (its own sequence, separate from entity pushes). */
   mutation_id: number;
-  entity: string;
-  entity_id: string;
-  /** Column name, or `*` for a row delete. */
-  field: string;
-  value?: unknown;
-  action: FieldAction;
-  /** The version of the field this browser had seen when the edit was made. */
-  base_version?: number;
-  /** Client hybrid-logical-clock timestamp of the edit. */
-  timestamp: number;
-}
+};
 
 /** The `window.RHTMXFieldSync` API. */
 export interface FieldSync {
@@ -74,8 +66,6 @@ export interface FieldSync {
   pending(): Promise<PendingFieldChange[]>;
 }
 
-/** Error codes that refuse a push itself (a client bug); the change is rejected instead of retried forever. */
-const REFUSED = /^(413|bad_request|bad_json|unknown_entity|unknown_column|payload_too_large|json_too_deep|unknown_message)$/;
 /** Conflict reasons start with the strategy that decided them. */
 const STRATEGY = /^(last-write-wins|keep-both|server-wins):/;
 
@@ -86,22 +76,28 @@ export function createFieldSync(options: FieldSyncOptions): FieldSync {
   const base = options.baseUrl.replace(/\/+$/, '');
   const { sync } = options;
   const db = openDb(options.dbName ?? 'rhtmx-sync');
-  const fire = changeEvents();
+  const server = http(base);
   const log = (...args: unknown[]) => sync.log('field', ...args);
-  const path = (...parts: string[]) => [base, ...parts.map(encodeURIComponent)].join('/');
+  const path = (...parts: string[]) => parts.map((part) => `/${encodeURIComponent(part)}`).join('');
   let clientId = '';
   let leader = false;
   const watched = new Set<string>();
 
-  const channel = typeof BroadcastChannel === 'function' ? new BroadcastChannel('rhtmx-field') : null;
+  const fire = changeEvents();
+  // Its own channel: `f` here asks the leader to flush the field outbox, not the entity one.
+  const post = tabChannel<{ c?: RowChange[]; e?: [string, unknown]; f?: 1 }>('rhtmx-field', (message) => {
+    if (message.c) fire(message.c);
+    if (message.e) dispatch(...message.e);
+    if (message.f && leader) void flush();
+  });
   const changed = (rows: RowChange[]) => {
     if (!rows.length) return;
     fire(rows);
-    channel?.postMessage({ c: rows });
+    post({ c: rows });
   };
   const emit = (name: string, detail: unknown) => {
     dispatch(name, detail);
-    channel?.postMessage({ e: [name, detail] });
+    post({ e: [name, detail] });
   };
   const fail = (error: unknown, entity?: string) => {
     log(error);
@@ -111,35 +107,21 @@ export function createFieldSync(options: FieldSyncOptions): FieldSync {
 
   const socket = fieldSocket(`${base.replace(/^http/, 'ws')}/ws`, () => void flush());
 
-  const refusal = (error: { code: string; message: string } | null | undefined): SendError =>
-    Object.assign(new Error(error?.message ?? 'no reply'), { rejected: REFUSED.test(error?.code ?? '') });
+  const send: FieldOutboxOptions['send'] = (entity, id, changes) =>
+    pushResults<FieldPushResult>(socket.request({ type: 'push_fields', entity, entity_id: id, client_id: clientId, fields: changes }), () =>
+      server(path(entity), { client_id: clientId, changes }),
+    );
 
-  const send: FieldSender = async (entity, id, changes) => {
-    const viaSocket = socket.request({ type: 'push_fields', entity, entity_id: id, client_id: clientId, fields: changes });
-    if (viaSocket) {
-      const reply = await viaSocket;
-      if (reply?.type === 'push_ack') return reply.results;
-      throw refusal(reply?.type === 'error' ? reply : null);
-    }
-    const response = await fetch(path(entity), {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ client_id: clientId, changes }),
-      signal: deadline(),
-    });
-    const answer = await response.json().catch(() => null);
-    if (response.ok) return answer.results as FieldPushResult[];
-    throw refusal(answer?.error ?? { code: String(response.status), message: `HTTP ${response.status}` });
-  };
-
+  /** A row's fields as the server has them now: on the socket when it answers, else over HTTP; null when not found. */
   const latest = async (entity: string, id: string | number): Promise<LatestFieldsResponse | null> => {
-    const reply = await socket.request({ type: 'latest', entity, entity_id: id });
-    if (reply?.type === 'latest') return reply;
-    if (reply?.type === 'error' && reply.code === 'not_found') return null;
     try {
-      return await fetchJson<LatestFieldsResponse>(path(entity, String(id), 'latest'));
+      const reply = await socket.request({ type: 'latest', entity, entity_id: id })?.catch((error: SyncHttpError) => {
+        if (error.code === 'not_found') throw error;
+        return null;
+      });
+      return reply?.type === 'latest' ? reply : await server<LatestFieldsResponse>(path(entity, String(id), 'latest'));
     } catch (error) {
-      if ((error as HttpError).body?.error.code === 'not_found') return null;
+      if ((error as SyncHttpError).code === 'not_found') return null;
       throw error;
     }
   };
@@ -154,17 +136,10 @@ export function createFieldSync(options: FieldSyncOptions): FieldSync {
         ...detail,
         strategy: socket.strategy ?? STRATEGY.exec(detail.result.reason ?? '')?.[1] ?? options.strategy ?? '',
       } satisfies FieldConflictDetail),
+    online: () => navigator.onLine,
     error: fail,
     log,
   });
-
-  if (channel) {
-    channel.onmessage = ({ data }) => {
-      if (data.c) fire(data.c);
-      if (data.e) dispatch(data.e[0], data.e[1]);
-      if (data.f && leader) void flush();
-    };
-  }
 
   // The entity leader dispatches its own state with `leader: true`; followers get `leader: false` copies.
   document.addEventListener('rhtmx:connection:state', (event) => {
@@ -178,14 +153,13 @@ export function createFieldSync(options: FieldSyncOptions): FieldSync {
 
   /** Re-apply pending field edits of these rows (all rows with some when `ids` is absent) over the stored rows. */
   const rebase = async (entity: string, ids?: string[]) => {
-    const rows = await db.run([entity, FIELD_OUTBOX], 'readwrite', async (tx) => {
-      const store = tx.objectStore(entity);
+    const rows = await db.write([entity, FIELD_OUTBOX], async (tx) => {
       const pending = await pendingFields(tx, entity);
       const touched: RowChange[] = [];
       for (const id of new Set(pending.map((change) => change.entity_id))) {
         if (ids && !ids.includes(id)) continue;
-        const row = (await req(store.get(id))) as StoredRow | undefined;
-        touched.push(...writeRow(store, entity, id, row, overlay(row, id, pending)));
+        const row = await tx.get<StoredRow>(entity, id);
+        touched.push(...writeRow(tx, entity, id, row, overlay(row, id, pending)));
       }
       return touched;
     });
@@ -202,12 +176,10 @@ export function createFieldSync(options: FieldSyncOptions): FieldSync {
   };
 
   const started = (async () => {
-    const queue = await db.run([META, FIELD_OUTBOX, FIELD_SEEN], 'readwrite', async (tx) => {
+    const queue = await db.write([META, FIELD_OUTBOX, FIELD_SEEN], async (tx) => {
       // The browser's client id, shared with the entity client (the server keeps field and entity pushes apart).
-      const meta = tx.objectStore(META);
-      clientId = ((await req(meta.get('cid'))) as string | undefined) ?? uuid();
-      meta.put(clientId, 'cid');
-      return (await req(tx.objectStore(FIELD_OUTBOX).getAll())) as StoredFieldChange[];
+      clientId = await clientIdIn(tx);
+      return tx.all<StoredFieldChange>(FIELD_OUTBOX);
     });
     for (const entity of options.entities ?? []) watch(entity);
     // Rows may have been replaced while no field client ran (a page with client.js only).
@@ -226,7 +198,7 @@ export function createFieldSync(options: FieldSyncOptions): FieldSync {
       const [change, rows] = await record(db, entity, String(id), field, action, value);
       changed(rows);
       if (leader) void flush();
-      else channel?.postMessage({ f: 1 });
+      else post({ f: 1 });
       return publicChange(change);
     } catch (error) {
       fail(error, entity);
@@ -241,9 +213,7 @@ export function createFieldSync(options: FieldSyncOptions): FieldSync {
     latest,
     async pending() {
       await started;
-      return ((await db.run([FIELD_OUTBOX], 'readonly', (tx) => req(tx.objectStore(FIELD_OUTBOX).getAll()))) as StoredFieldChange[]).map(
-        publicChange,
-      );
+      return (await db.read([FIELD_OUTBOX], (tx) => tx.all<StoredFieldChange>(FIELD_OUTBOX))).map(publicChange);
     },
   };
 }

@@ -1,31 +1,61 @@
 /**
  * The durable field outbox: field edits applied to the local row at once,
- * sent to `/api/field-sync` in order, removed only once the server answered.
+ * sent to `/api/field-sync` in order (the shared flusher), removed only once
+ * the server answered.
+ *
+ * Values live in the entity stores the entity client keeps (one row per id,
+ * `_v` the server row version): a recorded field is written into that row at
+ * once, and still-pending field changes are re-applied whenever the entity
+ * client replaces the row with a newer server copy (a rebase, `overlay`), so
+ * an edit stays visible until the server has answered it.
  *
  * Invariants:
  * - The edit, its optimistic row write and its mutation id (`fmid` in
- *   `rhtmx:meta`, shared by every tab, separate from entity mutation ids as
- *   on the server) are one IDB transaction; `record` resolves at `complete`.
+ *   `META`, shared by every tab, separate from entity mutation ids as on the
+ *   server) are one transaction; `record` resolves once it is durable.
  * - `base_version` is the version of what the user saw: the row's server
  *   version in the replica (every field's version is at or below it), or a
  *   newer version of that field this browser learnt from its own push or a
  *   conflict. A field version from a feed that runs ahead of the displayed
  *   row would claim a value the user never saw.
- * - A batch is one row (the seed's `push_fields`), never holds one field
- *   twice (the later edit's base is the version the earlier one produces),
- *   and keeps mutation-id order, so the server's exactly-once bookkeeping
- *   (highest applied id per client) holds across retries.
- * - Network failures retry with backoff forever; a conflict or rejection
- *   settles that one change and the queue moves on.
+ * - A batch is one row (the original crate's `push_fields`), never holds one
+ *   field twice (the later edit's base is the version the earlier one
+ *   produces), and keeps mutation-id order, so the server's exactly-once
+ *   bookkeeping (highest applied id per client) holds across retries.
+ *
+ * Store names contain a colon, which entity names cannot, so they never collide.
  */
-
 import { type FieldAction, type FieldPushChange, type FieldPushResult, type LatestFieldsResponse, ROW_FIELD } from '../../core/protocol.js';
-import { backoff } from '../connection.js';
 import type { RowChange } from '../events.js';
 import { hlcNow, hlcObserve } from '../hlc.js';
-import { type Db, META, req } from '../idb.js';
-import { knownVersion, type StoredRow } from '../replica.js';
-import { FIELD_OUTBOX, FIELD_SEEN, overlay, pendingFields, type SeenFields, type StoredFieldChange, seenKey, writeRow } from './rows.js';
+import { knownVersion, type StoredRow } from '../local/replica.js';
+import { type Db, META, type Tx } from '../local/store.js';
+import { type Flusher, flusher, type QueueHost } from '../queue/flusher.js';
+
+/** The field outbox, keyed (and so ordered) by the field mutation id. */
+export const FIELD_OUTBOX = 'rhtmx:field-outbox';
+/**
+ * Per-row field versions this browser has seen outside the row's `_v`: what
+ * its own applied pushes produced and what conflicts reported. Key
+ * `<entity>:<id>`, value `{ id, f: { field: version } }`.
+ */
+export const FIELD_SEEN = 'rhtmx:field-seen';
+
+/** A field change as stored in the field outbox. */
+export interface StoredFieldChange {
+  /** The field mutation id. */
+  id: number;
+  entity: string;
+  entity_id: string;
+  /** Column name, or `*` for a row delete. */
+  field: string;
+  value?: unknown;
+  action: FieldAction;
+  /** The version of the field this browser had seen when the edit was made. */
+  base_version?: number;
+  /** Client hybrid-logical-clock timestamp of the edit. */
+  timestamp: number;
+}
 
 /** Detail of `rhtmx:field:conflict`. */
 export interface FieldConflictDetail {
@@ -42,28 +72,44 @@ export interface FieldConflictDetail {
   result: FieldPushResult;
 }
 
-/** Sends one row's field changes; resolves with one result per change, in order. Throws a `SendError` on failure. */
-export type FieldSender = (entity: string, id: string, changes: FieldPushChange[]) => Promise<FieldPushResult[]>;
-
-/** Why a send failed: `rejected` means the server refused the request itself (retrying cannot help). */
-export type SendError = Error & { rejected?: boolean };
-
-/** What the flusher needs from the client. */
-export interface FieldOutboxOptions {
-  db: Db;
-  send: FieldSender;
+/** What the field outbox needs from the client. */
+export interface FieldOutboxOptions extends QueueHost {
+  /** Send one row's field changes; resolves with one result per change, in order. */
+  send(entity: string, id: string, changes: FieldPushChange[]): Promise<FieldPushResult[]>;
   /** The server's current fields of a row (null: the row never existed). */
   latest(entity: string, id: string): Promise<LatestFieldsResponse | null>;
   changed(rows: RowChange[]): void;
   /** A change the server did not apply as sent (the client adds the strategy and fires the event). */
   conflict(detail: Omit<FieldConflictDetail, 'strategy'>): void;
-  /** IndexedDB failures (QuotaExceededError...), reported to the app; the outbox is kept and retried. */
-  error(error: unknown): void;
-  log(...args: unknown[]): void;
 }
 
-/** Most changes sent in one push. */
-const BATCH = 100;
+const seenKey = (entity: string, id: string): string => `${entity}:${id}`;
+/** A row's `FIELD_SEEN` record. */
+const seenIn = async (tx: Tx, entity: string, id: string) =>
+  (await tx.get<{ id: string; f: Record<string, number> }>(FIELD_SEEN, seenKey(entity, id))) ?? { id: seenKey(entity, id), f: {} };
+
+/** Pending field changes of one entity (of one row when `id` is given), oldest first. */
+export const pendingFields = async (tx: Tx, entity: string, id?: string): Promise<StoredFieldChange[]> =>
+  (await tx.all<StoredFieldChange>(FIELD_OUTBOX)).filter(
+    (change) => change.entity === entity && (id === undefined || change.entity_id === id),
+  );
+
+/** `row` with the changes of row `id` applied in order: a row delete removes it, an update (re-)creates it. */
+export function overlay(row: StoredRow | undefined, id: string, changes: StoredFieldChange[]): StoredRow | undefined {
+  for (const change of changes) {
+    if (change.entity_id !== id) continue;
+    row = change.field === ROW_FIELD ? undefined : { ...row, id, [change.field]: change.action === 'delete' ? null : change.value };
+  }
+  return row;
+}
+
+/** Store `next` in place of `current` when they differ; returns the row change to announce, if any. */
+export function writeRow(tx: Tx, entity: string, id: string, current: StoredRow | undefined, next: StoredRow | undefined): RowChange[] {
+  if (JSON.stringify(current) === JSON.stringify(next)) return [];
+  if (next) tx.put(entity, next);
+  else tx.delete(entity, id);
+  return [[entity, id, next ? (current ? 'update' : 'create') : 'delete']];
+}
 
 /** Write a field edit (or a row delete) and its optimistic row in one transaction; resolves once durable. */
 export function record(
@@ -74,98 +120,24 @@ export function record(
   action: FieldAction,
   value?: unknown,
 ): Promise<[StoredFieldChange, RowChange[]]> {
-  return db.run([entity, META, FIELD_OUTBOX, FIELD_SEEN], 'readwrite', async (tx) => {
-    const meta = tx.objectStore(META);
-    const rows = tx.objectStore(entity);
-    const mutationId = (((await req(meta.get('fmid'))) as number | undefined) ?? 0) + 1;
-    meta.put(mutationId, 'fmid');
-    const row = (await req(rows.get(id))) as StoredRow | undefined;
-    const seen = ((await req(tx.objectStore(FIELD_SEEN).get(seenKey(entity, id)))) as SeenFields | undefined)?.f ?? {};
+  return db.write([entity, META, FIELD_OUTBOX, FIELD_SEEN], async (tx) => {
+    const mutationId = ((await tx.get<number>(META, 'fmid')) ?? 0) + 1;
+    tx.put(META, mutationId, 'fmid');
+    const row = await tx.get<StoredRow>(entity, id);
+    const seen = (await seenIn(tx, entity, id)).f;
     // A row delete is based on the whole row: every field version seen.
     const base = Math.max(knownVersion(row) ?? 0, ...(field === ROW_FIELD ? Object.values(seen) : [seen[field] ?? 0]));
     const change: StoredFieldChange = { id: mutationId, entity, entity_id: id, field, action, timestamp: hlcNow() };
     if (action === 'update') change.value = value;
     if (base) change.base_version = base;
-    tx.objectStore(FIELD_OUTBOX).add(change);
-    return [change, writeRow(rows, entity, id, row, overlay(row, id, [change]))];
+    tx.put(FIELD_OUTBOX, change);
+    return [change, writeRow(tx, entity, id, row, overlay(row, id, [change]))];
   });
 }
 
-/** The flusher: call it whenever there may be something to send; it never runs twice at once. */
-export function fieldFlusher(options: FieldOutboxOptions): () => Promise<void> {
+/** The field outbox's flusher: call it whenever there may be something to send. */
+export function fieldFlusher(options: FieldOutboxOptions): Flusher {
   const { db } = options;
-  let running = false;
-  let again = false;
-  let attempt = 0;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-
-  const flush = async (): Promise<void> => {
-    if (running) {
-      again = true;
-      return;
-    }
-    running = true;
-    clearTimeout(timer);
-    // Back online, the connection state event flushes again.
-    if (!navigator.onLine) {
-      running = false;
-      return;
-    }
-    // After the server refused a whole batch, send one change at a time to find the bad one.
-    let limit = BATCH;
-    try {
-      for (;;) {
-        again = false;
-        const queue = (await db.run([FIELD_OUTBOX], 'readonly', (tx) => req(tx.objectStore(FIELD_OUTBOX).getAll()))) as StoredFieldChange[];
-        const first = queue[0];
-        if (!first) break;
-        const batch: StoredFieldChange[] = [];
-        const fields = new Set<string>();
-        for (const change of queue) {
-          if (change.entity !== first.entity || change.entity_id !== first.entity_id || fields.has(change.field) || batch.length >= limit)
-            break;
-          fields.add(change.field);
-          batch.push(change);
-        }
-        let results: FieldPushResult[];
-        try {
-          results = await options.send(
-            first.entity,
-            first.entity_id,
-            batch.map(({ id, entity_id, field, value, action, base_version, timestamp }) => ({
-              mutation_id: id,
-              entity_id,
-              field,
-              value,
-              action,
-              base_version,
-              timestamp,
-            })),
-          );
-        } catch (error) {
-          if (!(error as SendError).rejected) throw error;
-          if (batch.length > 1) {
-            limit = 1;
-            continue;
-          }
-          results = [
-            { mutation_id: first.id, entity_id: first.entity_id, field: first.field, status: 'rejected', reason: (error as Error).message },
-          ];
-        }
-        await settle(first.entity, first.entity_id, batch, results);
-      }
-      attempt = 0;
-    } catch (error) {
-      // Offline, server down, 5xx, 401, 429, a full disk...: keep everything and try again later, forever.
-      options.log('field push failed, retrying', error);
-      if (error instanceof DOMException && error.name !== 'TimeoutError') options.error(error);
-      again = false;
-      timer = setTimeout(flush, backoff(attempt++));
-    } finally {
-      running = false;
-      if (again) void flush();
-    }
-  };
 
   /**
    * Apply the answers for one row: drop the changes, remember the versions
@@ -174,24 +146,18 @@ export function fieldFlusher(options: FieldOutboxOptions): () => Promise<void> {
    * the replica already holds a later server row, or for a rejection, the
    * row's current fields are asked for instead.
    */
-  const settle = async (entity: string, id: string, batch: StoredFieldChange[], results: FieldPushResult[]) => {
+  const settle = async (batch: StoredFieldChange[], results: FieldPushResult[]) => {
+    const { entity, entity_id: id } = batch[0] as StoredFieldChange;
     let refresh = false;
     const reports: Array<Omit<FieldConflictDetail, 'strategy'>> = [];
-    const rows = await db.run([entity, FIELD_OUTBOX, FIELD_SEEN], 'readwrite', async (tx) => {
-      const box = tx.objectStore(FIELD_OUTBOX);
-      const rowStore = tx.objectStore(entity);
-      const seen = ((await req(tx.objectStore(FIELD_SEEN).get(seenKey(entity, id)))) as SeenFields | undefined) ?? {
-        id: seenKey(entity, id),
-        f: {},
-      };
-      const current = (await req(rowStore.get(id))) as StoredRow | undefined;
+    const rows = await db.write([entity, FIELD_OUTBOX, FIELD_SEEN], async (tx) => {
+      const seen = await seenIn(tx, entity, id);
+      const current = await tx.get<StoredRow>(entity, id);
       let row = current;
       const queue = await pendingFields(tx, entity, id);
       for (const [index, change] of batch.entries()) {
-        const result = results[index];
-        // No answer for it: undo this whole settlement and retry later (the server dedupes what it applied).
-        if (!result) throw new Error('push answer without a result');
-        box.delete(change.id);
+        const result = results[index] as FieldPushResult;
+        tx.delete(FIELD_OUTBOX, change.id);
         hlcObserve(result.hlc);
         if (result.status !== 'applied') {
           const { field, value } = change;
@@ -208,7 +174,7 @@ export function fieldFlusher(options: FieldOutboxOptions): () => Promise<void> {
           // Later edits of this field were made on top of this one (the row showed it): they are based on the version it produced.
           for (const later of queue) {
             if (later.id > change.id && later.field === change.field && (later.base_version ?? 0) < version) {
-              box.put({ ...later, base_version: version });
+              tx.put(FIELD_OUTBOX, { ...later, base_version: version });
             }
           }
         }
@@ -216,9 +182,9 @@ export function fieldFlusher(options: FieldOutboxOptions): () => Promise<void> {
         if ((row._v ?? 0) > version) refresh = true;
         else row = { ...row, [change.field]: result.status === 'applied' ? result.value : result.server_value };
       }
-      tx.objectStore(FIELD_SEEN).put(seen);
+      tx.put(FIELD_SEEN, seen);
       const left = queue.filter((change) => !batch.some((sent) => sent.id === change.id));
-      return writeRow(rowStore, entity, id, current, overlay(row, id, left));
+      return writeRow(tx, entity, id, current, overlay(row, id, left));
     });
     options.changed(rows);
     // The changes are settled whatever happens here: a failure only leaves the row to the next server change.
@@ -237,9 +203,8 @@ export function fieldFlusher(options: FieldOutboxOptions): () => Promise<void> {
       return;
     }
     hlcObserve(state?.hlc);
-    const rows = await db.run([entity, FIELD_OUTBOX], 'readwrite', async (tx) => {
-      const store = tx.objectStore(entity);
-      const current = (await req(store.get(id))) as StoredRow | undefined;
+    const rows = await db.write([entity, FIELD_OUTBOX], async (tx) => {
+      const current = await tx.get<StoredRow>(entity, id);
       let row = current;
       // A later server row already in the replica is newer than this answer.
       if (!state || (row?._v ?? 0) <= state.version) {
@@ -249,10 +214,23 @@ export function fieldFlusher(options: FieldOutboxOptions): () => Promise<void> {
           for (const [field, { value }] of Object.entries(state.fields)) row[field] = value;
         }
       }
-      return writeRow(store, entity, id, current, overlay(row, id, await pendingFields(tx, entity, id)));
+      return writeRow(tx, entity, id, current, overlay(row, id, await pendingFields(tx, entity, id)));
     });
     options.changed(rows);
   };
 
-  return flush;
+  return flusher<StoredFieldChange, FieldPushResult>({
+    ...options,
+    store: FIELD_OUTBOX,
+    fits: (batch, change) =>
+      change.entity === batch[0]?.entity && change.entity_id === batch[0].entity_id && !batch.some((other) => other.field === change.field),
+    send: (batch) =>
+      options.send(
+        (batch[0] as StoredFieldChange).entity,
+        (batch[0] as StoredFieldChange).entity_id,
+        batch.map(({ id, entity, ...change }) => ({ ...change, mutation_id: id })),
+      ),
+    rejected: ({ id, entity_id, field }, reason) => ({ mutation_id: id, entity_id, field, status: 'rejected', reason }),
+    settle,
+  });
 }

@@ -1,57 +1,44 @@
 /**
  * The leader tab's field WebSocket (`/api/field-sync/ws`): pushes
  * (`push_fields` → `push_ack`) and `latest`, each request awaiting its reply
- * by `ref`. It carries no live feed (values arrive through the entity
- * connection), so it is opened while the entity connection is live and
- * closed when that goes down; when it cannot open, requests go over HTTP.
+ * by `ref` (rpc.ts). It carries no live feed (values arrive through the
+ * entity connection), so it is opened while the entity connection is live
+ * and closed when that goes down; when it cannot open, requests go over HTTP.
  */
-
 import type { FieldClientMessage, FieldServerMessage } from '../../core/protocol.js';
-import { backoff } from '../connection.js';
+import { backoff } from '../net/connection.js';
+import { rpc } from '../net/rpc.js';
 
-/** How long a request waits for its reply before it counts as a network failure. */
-const REPLY_MS = 15_000;
 /** A socket that neither opens nor fails (a proxy swallowing it) is given up after this long. */
 const OPEN_MS = 10_000;
-
-/** The leader's handle on its field WebSocket. */
-export interface FieldSocket {
-  /** Open it (and keep reopening it with backoff) unless it is open already; `onReady` runs once it is usable. */
-  open(): void;
-  /** Close it and stop reopening. */
-  close(): void;
-  /** Send a request and await its reply (null: no reply, a network failure). Null when the socket is not open. */
-  request(message: FieldClientMessage): Promise<FieldServerMessage | null> | null;
-  /** The server's field merge strategy, from its `hello`. */
-  strategy?: string;
-}
 
 /**
  * A field socket to `url`. `onReady` runs when it opens (the server said
  * `hello`) and when it goes away (requests fall back to HTTP): both are
  * moments to flush the field outbox.
  */
-export function fieldSocket(url: string, onReady: () => void): FieldSocket {
+export function fieldSocket(url: string, onReady: () => void) {
   let ws: WebSocket | null = null;
   let live = false;
   let wanted = false;
   let attempt = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
-  let nextRef = 0;
-  const waiting = new Map<number, (reply: FieldServerMessage | null) => void>();
+  const calls = rpc<FieldClientMessage, FieldServerMessage>();
 
   const drop = () => {
     clearTimeout(timer);
-    const old = ws;
+    // Its `close` event comes later and finds `ws` moved on.
+    ws?.close();
     ws = null;
     live = false;
-    old?.close();
-    for (const settle of waiting.values()) settle(null);
-    waiting.clear();
+    calls.close();
   };
 
-  const self: FieldSocket = {
-    open() {
+  const self = {
+    /** The server's field merge strategy, from its `hello`. */
+    strategy: undefined as string | undefined,
+    /** Open it (and keep reopening it with backoff) unless it is open already. */
+    open(): void {
       wanted = true;
       if (ws) {
         if (live) onReady();
@@ -62,16 +49,12 @@ export function fieldSocket(url: string, onReady: () => void): FieldSocket {
       timer = setTimeout(() => socket.close(), OPEN_MS);
       socket.onmessage = (event) => {
         const message = JSON.parse(event.data) as FieldServerMessage;
-        if (message.type === 'hello') {
-          clearTimeout(timer);
-          live = true;
-          attempt = 0;
-          self.strategy = message.strategy;
-          onReady();
-        } else if ('ref' in message) {
-          waiting.get(message.ref as number)?.(message);
-          waiting.delete(message.ref as number);
-        }
+        if (message.type !== 'hello') return calls.settle(message);
+        clearTimeout(timer);
+        live = true;
+        attempt = 0;
+        self.strategy = message.strategy;
+        onReady();
       };
       socket.onclose = () => {
         if (socket !== ws) return;
@@ -80,26 +63,13 @@ export function fieldSocket(url: string, onReady: () => void): FieldSocket {
         onReady();
       };
     },
-    close() {
+    /** Close it and stop reopening. */
+    close(): void {
       wanted = false;
       drop();
     },
-    request(message) {
-      const socket = ws;
-      if (!live || !socket) return null;
-      const ref = ++nextRef;
-      return new Promise((resolve) => {
-        const timeout = setTimeout(() => {
-          waiting.delete(ref);
-          resolve(null);
-        }, REPLY_MS);
-        waiting.set(ref, (reply) => {
-          clearTimeout(timeout);
-          resolve(reply);
-        });
-        socket.send(JSON.stringify({ ...message, ref }));
-      });
-    },
+    /** Send a request and await its reply (see rpc.ts). Null when the socket is not open. */
+    request: (message: FieldClientMessage): Promise<FieldServerMessage | null> | null => (live && ws ? calls.request(ws, message) : null),
   };
   return self;
 }

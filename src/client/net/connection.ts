@@ -5,27 +5,11 @@
  * is missed. Reconnects back off exponentially with full jitter, so a server
  * restart is not followed by every client reconnecting in the same second.
  */
-import type { ClientMessage, ErrorBody, LiveChangeMessage, ServerMessage } from '../core/protocol.js';
+import type { ClientMessage, LiveChangeMessage, ServerMessage } from '../../core/protocol.js';
+import { rpc } from './rpc.js';
 
 /** What `rhtmx:connection:state` reports. */
 export type ConnectionState = 'connecting' | 'websocket' | 'sse' | 'offline';
-
-/** An HTTP answer outside 2xx; `status` 0 never occurs (network failures reject with TypeError). */
-export interface HttpError extends Error {
-  status: number;
-  body: ErrorBody | null;
-}
-
-/** A request that hangs (a half-open connection) must fail eventually so the caller retries; older browsers lack `timeout`. */
-export const deadline = (): AbortSignal | undefined => AbortSignal.timeout?.(60_000);
-
-/** GET JSON; rejects with an `HttpError` for non-2xx answers. */
-export async function fetchJson<T>(url: string): Promise<T> {
-  const response = await fetch(url, { cache: 'no-store', signal: deadline() });
-  const body = await response.json().catch(() => null);
-  if (response.ok) return body as T;
-  throw Object.assign(new Error(body?.error?.message ?? `HTTP ${response.status}`), { status: response.status, body }) as HttpError;
-}
 
 /** Full jitter: uniform in [0, min(30 s, 0.5 s × 2^attempt)). */
 export const backoff = (attempt: number): number => Math.random() * Math.min(30_000, 500 * 2 ** attempt);
@@ -33,8 +17,6 @@ export const backoff = (attempt: number): number => Math.random() * Math.min(30_
 /** App-level ping interval; a socket silent for `DEAD_MS` is given up and replaced. */
 const PING_MS = 20_000;
 const DEAD_MS = 50_000;
-/** How long a WebSocket request waits for its reply before it counts as a network failure. */
-const REPLY_MS = 15_000;
 
 /** What the connection needs from the client. */
 export interface ConnectionOptions {
@@ -50,15 +32,13 @@ export interface ConnectionOptions {
 
 /** The leader's handle on its server connection. */
 export interface Connection {
-  /** Send a request on the open WebSocket and await its reply (null: no reply, treat as a network failure). Null when no socket is live. */
+  /** Send a request on the subscribed WebSocket and await its reply (see rpc.ts). Null when no socket is live. */
   request(message: ClientMessage): Promise<ServerMessage | null> | null;
   /** Drop the connection and connect again now (entities changed, back online). */
   restart(): void;
-  /** Disconnect for good. */
-  stop(): void;
 }
 
-/** Connect now and keep reconnecting (and following `online`/`offline`) until `stop()`. */
+/** Connect now and keep reconnecting (and following `online`/`offline`) for the tab's life. */
 export function connect(options: ConnectionOptions): Connection {
   let socket: WebSocket | null = null;
   let source: EventSource | null = null;
@@ -70,20 +50,18 @@ export function connect(options: ConnectionOptions): Connection {
   let generation = 0;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let pingTimer: ReturnType<typeof setInterval> | undefined;
-  let nextRef = 0;
-  const waiting = new Map<number, (reply: ServerMessage | null) => void>();
+  const calls = rpc<ClientMessage, ServerMessage>();
 
   const drop = () => {
     generation++;
     clearTimeout(retryTimer);
     clearInterval(pingTimer);
-    const [oldSocket, oldSource] = [socket, source];
+    // Late events of the old socket or stream find `generation` moved on and do nothing.
+    socket?.close();
+    source?.close();
     socket = source = null;
     live = false;
-    oldSocket?.close();
-    oldSource?.close();
-    for (const settle of waiting.values()) settle(null);
-    waiting.clear();
+    calls.close();
   };
 
   const retry = () => {
@@ -131,10 +109,7 @@ export function connect(options: ConnectionOptions): Connection {
         live = true;
         attempt = 0;
         options.onState('websocket');
-      } else if ('ref' in message) {
-        waiting.get(message.ref as number)?.(message);
-        waiting.delete(message.ref as number);
-      }
+      } else calls.settle(message);
     };
     ws.onclose = () => {
       if (current === generation) fail();
@@ -181,36 +156,15 @@ export function connect(options: ConnectionOptions): Connection {
     attempt = 0;
     start();
   };
-  const offline = () => {
+  addEventListener('online', online);
+  addEventListener('offline', () => {
     drop();
     options.onState('offline');
-  };
-  addEventListener('online', online);
-  addEventListener('offline', offline);
+  });
   start();
 
   return {
-    request(message) {
-      const ws = socket;
-      if (!live || !ws) return null;
-      const ref = ++nextRef;
-      return new Promise((resolve) => {
-        const timer = setTimeout(() => {
-          waiting.delete(ref);
-          resolve(null);
-        }, REPLY_MS);
-        waiting.set(ref, (reply) => {
-          clearTimeout(timer);
-          resolve(reply);
-        });
-        ws.send(JSON.stringify({ ...message, ref }));
-      });
-    },
+    request: (message) => (live && socket ? calls.request(socket, message) : null),
     restart: online,
-    stop() {
-      drop();
-      removeEventListener('online', online);
-      removeEventListener('offline', offline);
-    },
   };
 }

@@ -1,0 +1,137 @@
+/**
+ * The one outbox flusher: drains a durable queue (entity mutations, field
+ * edits) to the server for both clients.
+ *
+ * Invariants:
+ * - It never runs twice at once; a call while it runs makes it go round again.
+ * - Entries leave in key (mutation id) order: a batch is the queue's head
+ *   plus the entries right behind it that `fits` allows; `settle` removes
+ *   an entry only once the server answered it.
+ * - A network failure (offline, 5xx, 401, 429, no socket reply, a full disk)
+ *   keeps everything and retries with full-jitter backoff, forever.
+ * - A refused request (`SyncHttpError.refused`) is split until one entry is
+ *   left, which settles as rejected: one bad entry never blocks the queue.
+ * - Server changes wait while a batch is in flight (`idle`, the push gate).
+ */
+
+import type { Db } from '../local/store.js';
+import { backoff } from '../net/connection.js';
+import { SyncHttpError } from '../net/http.js';
+
+/** Most entries sent in one request. */
+const BATCH = 100;
+
+/** What a queue gets from its client. */
+export interface QueueHost {
+  db: Db;
+  /** False while offline: the flusher then waits for the next call (reconnecting flushes). */
+  online(): boolean;
+  /** Storage failures (QuotaExceededError...), reported to the app; the queue is kept and retried. */
+  error(error: unknown): void;
+  log(...args: unknown[]): void;
+}
+
+/** What the flusher needs to know about one queue. */
+export interface QueueOptions<Entry, Result> extends QueueHost {
+  /** The queue's store; its key order is the send order. */
+  store: string;
+  /** Whether `entry` may join `batch` (which starts with the queue's head). */
+  fits(batch: Entry[], entry: Entry): boolean;
+  /** Send one batch; resolves with its results. */
+  send(batch: Entry[]): Promise<Result[]>;
+  /** The result standing for a lone entry whose request the server refused. */
+  rejected(entry: Entry, reason: string): Result;
+  /** Apply the answers, one per entry (and remove the entries), in one transaction. */
+  settle(batch: Entry[], results: Result[]): Promise<void>;
+}
+
+/** A queue's flusher: call it whenever there may be something to send. */
+export interface Flusher {
+  (): Promise<void>;
+  /**
+   * The push gate: resolves once no batch waits for its answer (at once when
+   * none does). Pull pages and live batches wait for it.
+   *
+   * A push answer describes the row as the push left it: `applied` keeps the
+   * optimistic row, `duplicate` and `conflict` carry the server row of that
+   * moment. A newer change of the same row applied before the answer is
+   * settled would be overwritten by it, and since the cursor has already moved
+   * past that change it never comes again: the replica keeps a deleted row, or
+   * its own value over a newer one, for good. The answer of an HTTP push and
+   * the live stream travel on separate connections, and a WebSocket reply can
+   * trail a live batch too, so arrival order proves nothing. Live batches and
+   * pull pages therefore wait for the answer and are applied after it; they
+   * are version-checked and idempotent, so applying them late is always right.
+   */
+  idle(): Promise<void>;
+}
+
+/** A storage failure, not a network one: IndexedDB rejects with DOMExceptions, a request deadline with `TimeoutError`. */
+export const isStorageError = (error: unknown): boolean => error instanceof DOMException && error.name !== 'TimeoutError';
+
+/** The flusher of one queue: call it whenever there may be something to send. */
+export function flusher<Entry, Result>(options: QueueOptions<Entry, Result>): Flusher {
+  const { db, store } = options;
+  let gate = Promise.resolve();
+  let running = false;
+  let again = false;
+  let attempt = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+
+  const flush = async (): Promise<void> => {
+    if (running) {
+      again = true;
+      return;
+    }
+    clearTimeout(timer);
+    if (!options.online()) return;
+    running = true;
+    // After the server refused a whole batch, send one at a time to find the bad entry.
+    let limit = BATCH;
+    try {
+      for (;;) {
+        again = false;
+        const queue = await db.read([store], (tx) => tx.all<Entry>(store));
+        if (!queue.length) break;
+        const batch: Entry[] = [];
+        for (const entry of queue) {
+          if (batch.length >= limit || (batch.length && !options.fits(batch, entry))) break;
+          batch.push(entry);
+        }
+        // Server changes arriving before the answer is settled are applied after it (`idle`).
+        let release!: () => void;
+        gate = new Promise((resolve) => {
+          release = resolve;
+        });
+        try {
+          let results: Result[];
+          try {
+            results = await options.send(batch);
+          } catch (error) {
+            if (!(error instanceof SyncHttpError && error.refused)) throw error;
+            if (batch.length > 1) {
+              limit = 1;
+              continue;
+            }
+            results = [options.rejected(batch[0] as Entry, error.message)];
+          }
+          // An entry without a result: settle nothing, retry later (the server dedupes what it applied).
+          if (results.length < batch.length) throw new Error('push answer without a result');
+          await options.settle(batch, results);
+        } finally {
+          release();
+        }
+      }
+      attempt = 0;
+    } catch (error) {
+      options.log('push failed, retrying', error);
+      if (isStorageError(error)) options.error(error);
+      again = false;
+      timer = setTimeout(flush, backoff(attempt++));
+    } finally {
+      running = false;
+      if (again) void flush();
+    }
+  };
+  return Object.assign(flush, { idle: () => gate });
+}
