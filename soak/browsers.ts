@@ -93,10 +93,14 @@ const answerScript = ([least, most]: [number, number]) => `(() => {
   };
 })();`;
 
+/** How often a participant does what, per action of its loop. */
 export interface BrowserBehaviour {
+  /** Pause between two actions, ms (uniform). */
   thinkMs: [number, number];
+  /** Probability per action of going offline for `offlineMs`. */
   offline: number;
   offlineMs: [number, number];
+  /** Probability per action of a reload (from the durable store). */
   reload: number;
   /** Rows the writers steer the table towards. */
   tableRows: number;

@@ -90,6 +90,101 @@ export interface AppliedChange {
   issues?: SchemaIssue[];
 }
 
+/**
+ * A change's outcome as its push transaction stored it, so a retry is
+ * answered with it (`duplicate: true`). Stores keep, per (client key,
+ * mutation id), the list of the outcomes of the changes carrying that id (a
+ * field push may send several fields as one mutation). The server row or
+ * field value is not stored: it is read fresh for the answer.
+ */
+export interface StoredOutcome {
+  status: 'applied' | 'conflict' | 'rejected';
+  /** Field change: which row and field it was (picks it out of its mutation's list). */
+  entityId?: string;
+  field?: string;
+  /** Applied: the row id (the one the database gave a create sent without one). */
+  id?: string | null;
+  /** Applied: the version the write produced. */
+  version?: number;
+  /** Applied field change: its HLC. */
+  hlc?: number;
+  merged?: boolean;
+  /** Conflict or rejected: why. */
+  reason?: string;
+  issues?: SchemaIssue[];
+}
+
+/** Outcomes are kept for a client's latest mutation ids only: those above `last - OUTCOME_WINDOW`. */
+export const OUTCOME_WINDOW = 1000;
+
+/** What an entity push stores of one change's outcome. */
+export function storedOutcome(result: AppliedChange): StoredOutcome {
+  if (result.status === 'applied') return { status: 'applied', id: result.id, version: result.version, merged: result.merged || undefined };
+  return { status: result.status, reason: result.reason, issues: result.issues };
+}
+
+/** What a field push stores of one change's outcome. */
+export function storedFieldOutcome(outcome: FieldOutcome): StoredOutcome {
+  const { entityId, field } = outcome.change;
+  if (outcome.status === 'applied') return { status: 'applied', entityId, field, version: outcome.version, hlc: outcome.hlc };
+  return { status: outcome.status, entityId, field, reason: outcome.reason, issues: outcome.issues };
+}
+
+/** The outcomes to store of a push's new changes, by mutation id (several changes of a field push may share one). */
+export function newOutcomes<C extends { mutationId: number | null }, R>(
+  plan: { stored(result: R): StoredOutcome },
+  changes: readonly C[],
+  results: ReadonlyArray<R | undefined>,
+  isDuplicate: (change: C) => boolean,
+): Map<number, StoredOutcome[]> {
+  const byMutation = new Map<number, StoredOutcome[]>();
+  for (const [index, change] of changes.entries()) {
+    if (change.mutationId === null || isDuplicate(change)) continue;
+    const list = byMutation.get(change.mutationId) ?? [];
+    list.push(plan.stored(results[index] as R));
+    byMutation.set(change.mutationId, list);
+  }
+  return byMutation;
+}
+
+/** The stored outcome of this change among its mutation's (null when none was kept). */
+export function storedFor(change: ValidatedChange | FieldWrite, stored: readonly StoredOutcome[] | null): StoredOutcome | null {
+  if (!stored) return null;
+  if (!('field' in change)) return stored[0] ?? null;
+  return stored.find((outcome) => outcome.entityId === change.entityId && outcome.field === change.field) ?? null;
+}
+
+/**
+ * The answer to a retried entity mutation: its stored outcome, with the
+ * server row as it is now (`current`, read in the push transaction). Without
+ * a stored outcome (recorded before outcomes were kept, or below the window),
+ * the answer is `applied` with the current row, which the client converges to.
+ */
+export function replayedChange(
+  change: ValidatedChange,
+  stored: StoredOutcome | null,
+  current: { row: Row | null; version: number },
+): AppliedChange {
+  const base = { mutationId: change.mutationId, duplicate: true } as const;
+  if (stored === null) {
+    return { ...base, id: change.id, status: 'applied', row: current.row, serverVersion: current.version, version: current.version };
+  }
+  if (stored.status === 'rejected') return { ...base, id: change.id, status: 'rejected', reason: stored.reason, issues: stored.issues };
+  const id = stored.status === 'applied' && stored.id !== undefined ? stored.id : change.id;
+  const answer: AppliedChange = { ...base, id, status: stored.status, row: current.row, serverVersion: current.version };
+  if (stored.status === 'conflict') answer.reason = stored.reason;
+  else {
+    answer.version = stored.version ?? current.version;
+    if (stored.merged) answer.merged = true;
+  }
+  return answer;
+}
+
+/** The id whose current row answers a retried entity mutation (a keyless create's stored id). */
+export function replayedId(change: ValidatedChange, stored: StoredOutcome | null): string | null {
+  return stored?.status === 'applied' && stored.id !== undefined ? stored.id : change.id;
+}
+
 /** Everything a store needs to apply one push batch. */
 export interface PushBatch {
   schema: TableSchema;
@@ -244,6 +339,26 @@ export interface FieldOutcome {
   reason?: string;
   /** Schema validation issues of a rejected change. */
   issues?: SchemaIssue[];
+}
+
+/**
+ * The answer to a retried field mutation: its stored outcome, with the
+ * field's state as it is now (`current`: its last write and value). Without a
+ * stored outcome the answer is `applied` with the current state, as before.
+ */
+export function replayedField(
+  change: FieldWrite,
+  stored: StoredOutcome | null,
+  current: { version: number; hlc: number; value: unknown },
+): FieldOutcome {
+  if (stored?.status === 'rejected') return { change, status: 'rejected', duplicate: true, reason: stored.reason, issues: stored.issues };
+  const answer: FieldOutcome = { change, status: stored?.status ?? 'applied', duplicate: true, ...current };
+  if (stored?.status === 'conflict') answer.reason = stored.reason;
+  if (stored?.status === 'applied') {
+    answer.version = stored.version ?? current.version;
+    answer.hlc = stored.hlc ?? current.hlc;
+  }
+  return answer;
 }
 
 /** One row write a push is about to make (after the merge decided to write). */

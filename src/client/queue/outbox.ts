@@ -122,7 +122,9 @@ export function outboxFlusher(options: OutboxOptions): Flusher {
             continue;
           }
           // A retried (duplicate) or merged write: the server row is the truth.
-          row = server ? { ...server, _v: result.version ?? result.server_version } : undefined;
+          // A retry's stored version is the original write's; the row sent with it may be newer.
+          const version = result.duplicate ? (result.server_version ?? result.version) : (result.version ?? result.server_version);
+          row = server ? { ...server, _v: version } : undefined;
         } else {
           conflicts.push({ entity, id: entry.id, change: entry, result });
           row = server === undefined ? (entry.prev ?? undefined) : server ? { ...server, _v: result.server_version } : undefined;

@@ -1,14 +1,15 @@
 /**
  * Pruning what a caught-up client no longer needs, in one transaction (one
  * node at a time): superseded log entries and deletes older than the cutoff,
- * the field tombstones those deletes left, and idle exactly-once records.
+ * the field tombstones those deletes left, and idle exactly-once records
+ * with their stored outcomes.
  */
 import type { Catalog } from './schema.js';
 import { transaction } from './transaction.js';
 
 /** Store.cleanup on PostgreSQL; returns how many log entries were removed. */
 export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanMs: number): Promise<number> {
-  const { log, meta, clients, fieldVersions } = catalog.names;
+  const { log, meta, clients, outcomes, fieldVersions } = catalog.names;
   return transaction(catalog.pool, async (client) => {
     await client.query(`SELECT pg_advisory_xact_lock(hashtext('rhtmx_sync:cleanup'))`);
     // One statement: the horizon is exactly the newest tombstone it removed per entity.
@@ -34,8 +35,13 @@ export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanM
           WHERE m.key = 'pruned_through:' || f.entity AND f.field = '*' AND f.value IS NULL AND f.version <= m.value`,
       );
     }
-    // Both families' records: field pushes keep theirs here too, under fieldClientKey.
-    await client.query(`DELETE FROM ${clients} WHERE updated_at < to_timestamp($1::float8 / 1000)`, [clientsOlderThanMs]);
+    // Both families' records: field pushes keep theirs here too, under fieldClientKey. Their stored
+    // outcomes go with them (a push bounds them per client to the last OUTCOME_WINDOW mutation ids).
+    await client.query(
+      `WITH gone AS (DELETE FROM ${clients} WHERE updated_at < to_timestamp($1::float8 / 1000) RETURNING client_id)
+       DELETE FROM ${outcomes} o USING gone WHERE o.client_id = gone.client_id`,
+      [clientsOlderThanMs],
+    );
     return Number(rows[0]?.removed ?? 0);
   });
 }

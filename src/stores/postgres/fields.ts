@@ -39,7 +39,11 @@ import {
   NEVER_WRITTEN,
   type RowFieldStates,
   type RowWriteCheck,
+  replayedField,
   type Store,
+  type StoredOutcome,
+  storedFieldOutcome,
+  storedFor,
   type WriteStamp,
 } from '../../core/store.js';
 import { describeWriteError, isChangeError, isUniqueViolation } from './errors.js';
@@ -336,13 +340,18 @@ class FieldPush implements PushPlan<FieldWrite, FieldOutcome> {
     readonly batch: FieldPushBatch,
   ) {}
 
-  async duplicate(client: PoolClient, change: FieldWrite): Promise<FieldOutcome> {
-    // The original outcome is not stored; the field's current state is, and it is what the client converges to.
+  async duplicate(client: PoolClient, change: FieldWrite, stored: readonly StoredOutcome[] | null): Promise<FieldOutcome> {
+    const outcome = storedFor(change, stored);
+    // The field's state is read now: it is what the client converges to.
     const read = await savepoint(client, () => this.readState(client, change, false));
-    if (!read.ok) return { change, status: 'applied', duplicate: true, version: 0, hlc: 0, value: null };
+    if (!read.ok) return replayedField(change, outcome, { version: 0, hlc: 0, value: null });
     const state = read.value;
     const current = change.field === ROW_FIELD ? (state.tombstone ?? state.row) : state.field;
-    return { change, status: 'applied', duplicate: true, version: current.version, hlc: current.hlc, value: state.value };
+    return replayedField(change, outcome, { version: current.version, hlc: current.hlc, value: state.value });
+  }
+
+  stored(outcome: FieldOutcome): StoredOutcome {
+    return storedFieldOutcome(outcome);
   }
 
   async apply(client: PoolClient, index: number, results: Array<FieldOutcome | undefined>, isDuplicate: (change: FieldWrite) => boolean) {

@@ -3,18 +3,35 @@
  * the entity push's per-change apply (`EntityPush`; fields.ts has `FieldPush`).
  *
  * One transaction: lock the client's exactly-once record → answer each
- * already applied change from the current state, decide and write each new
- * one under a savepoint → record the highest mutation id. The record is
- * written in the same transaction as the data, so a retried push is applied
- * exactly once; its row lock makes concurrent pushes of one client apply one
- * after the other.
+ * already applied change with its stored outcome (core/store.ts
+ * `replayedChange`), decide and write each new one under a savepoint → store
+ * each new outcome and record the highest mutation id. Record and outcomes
+ * are written in the same transaction as the data, so a retried push is
+ * applied exactly once and answered as the first time; outcomes are kept for
+ * the client's last OUTCOME_WINDOW mutation ids (older ones are deleted here,
+ * the rest with the client's record in `cleanup`). A push with no mutation id
+ * locks and writes no record. The record's row lock makes concurrent pushes
+ * of one client apply one after the other.
  */
 import { randomUUID } from 'node:crypto';
 import type { PoolClient } from 'pg';
 import { quoteIdent } from '../../core/config.js';
 import { SyncError } from '../../core/errors.js';
 import type { Row } from '../../core/protocol.js';
-import type { AppliedChange, PushBatch, ServerRowState, ValidatedChange, WriteDecision } from '../../core/store.js';
+import {
+  type AppliedChange,
+  newOutcomes,
+  OUTCOME_WINDOW,
+  type PushBatch,
+  replayedChange,
+  replayedId,
+  type ServerRowState,
+  type StoredOutcome,
+  storedFor,
+  storedOutcome,
+  type ValidatedChange,
+  type WriteDecision,
+} from '../../core/store.js';
 import { describeWriteError, isUniqueViolation } from './errors.js';
 import { type Catalog, CLIENT_SETTING, HLC_SETTING, type PgColumn, type PreparedEntity } from './schema.js';
 import { savepoint, transaction } from './transaction.js';
@@ -25,31 +42,51 @@ export interface PushPlan<C extends { mutationId: number | null }, R> {
   batch: { clientId: string | null; origin?: string | null; changes: readonly C[] };
   /** Runs first, after the client record is locked (entity pushes lock their rows in key order). */
   lock?(client: PoolClient): Promise<void>;
-  /** The answer to an already applied change: its current state, which is what the client converges to. */
-  duplicate(client: PoolClient, change: C): Promise<R>;
+  /** The answer to an already applied change: its stored outcome (`stored`: its mutation's, null when none were kept) with the current state. */
+  duplicate(client: PoolClient, change: C, stored: readonly StoredOutcome[] | null): Promise<R>;
   /** Decide and write change `index`; may settle later changes too (filling `results`), which are then skipped. */
   apply(client: PoolClient, index: number, results: Array<R | undefined>, isDuplicate: (change: C) => boolean): Promise<R>;
+  /** What is stored of a new change's outcome, to answer its retries. */
+  stored(result: R): StoredOutcome;
 }
 
 /** Apply a push in one transaction (run again whole when PostgreSQL kills it for a deadlock). */
 export function runPush<C extends { mutationId: number | null }, R>(catalog: Catalog, plan: PushPlan<C, R>): Promise<R[]> {
   const { clientId, origin = clientId, changes } = plan.batch;
-  const { clients } = catalog.names;
+  const { clients, outcomes } = catalog.names;
+  // Without a mutation id nothing is deduplicated, and nothing is recorded (an empty push writes no record).
+  const recorded = clientId !== null && changes.some((change) => change.mutationId !== null) ? clientId : null;
   const run = async (client: PoolClient): Promise<R[]> => {
-    const last = clientId === null ? null : await lockClient(client, clients, clientId);
+    const last = recorded === null ? null : await lockClient(client, clients, recorded);
     // Logged rows carry the client id as the client knows it (the record's key may be per user).
     await client.query(`SELECT set_config('${CLIENT_SETTING}', $1, true)`, [origin ?? '']);
     await plan.lock?.(client);
     const isDuplicate = (change: C) => last !== null && change.mutationId !== null && change.mutationId <= last;
+    const stored = await storedOutcomes(client, outcomes, recorded, changes.filter(isDuplicate));
     const results: Array<R | undefined> = new Array(changes.length);
     let highest = last ?? -1;
     for (const [index, change] of changes.entries()) {
       highest = Math.max(highest, change.mutationId ?? -1);
       if (results[index] !== undefined) continue; // settled together with an earlier change
-      results[index] = isDuplicate(change) ? await plan.duplicate(client, change) : await plan.apply(client, index, results, isDuplicate);
+      results[index] = isDuplicate(change)
+        ? await plan.duplicate(client, change, stored.get(change.mutationId as number) ?? null)
+        : await plan.apply(client, index, results, isDuplicate);
     }
-    if (clientId !== null && highest > (last ?? -1)) {
-      await client.query(`UPDATE ${clients} SET last_mutation_id = $2, updated_at = now() WHERE client_id = $1`, [clientId, highest]);
+    if (recorded !== null && highest > (last ?? -1)) {
+      const fresh = [...newOutcomes(plan, changes, results, isDuplicate)];
+      await client.query(
+        `WITH pruned AS (DELETE FROM ${outcomes} WHERE client_id = $1 AND mutation_id <= $4)
+         INSERT INTO ${outcomes} AS o (client_id, mutation_id, outcome_json)
+           SELECT $1, t.mutation_id, t.outcome FROM unnest($2::bigint[], $3::jsonb[]) AS t(mutation_id, outcome)
+           ON CONFLICT (client_id, mutation_id) DO UPDATE SET outcome_json = EXCLUDED.outcome_json, created_at = now()`,
+        [
+          recorded,
+          fresh.map(([mutationId]) => mutationId),
+          fresh.map(([, outcomes]) => JSON.stringify(outcomes)),
+          highest - OUTCOME_WINDOW,
+        ],
+      );
+      await client.query(`UPDATE ${clients} SET last_mutation_id = $2, updated_at = now() WHERE client_id = $1`, [recorded, highest]);
     }
     return results as R[];
   };
@@ -69,6 +106,21 @@ async function lockClient(client: PoolClient, table: string, clientId: string): 
     [clientId],
   );
   return Number(rows[0]?.last ?? -1);
+}
+
+/** The stored outcomes of these already applied changes' mutations, by mutation id (absent: none kept). */
+async function storedOutcomes(
+  client: PoolClient,
+  table: string,
+  clientId: string | null,
+  duplicates: ReadonlyArray<{ mutationId: number | null }>,
+): Promise<Map<number, StoredOutcome[]>> {
+  if (clientId === null || duplicates.length === 0) return new Map();
+  const { rows } = await client.query<{ mutation_id: string; outcome_json: StoredOutcome[] }>(
+    `SELECT mutation_id, outcome_json FROM ${table} WHERE client_id = $1 AND mutation_id = ANY($2::bigint[])`,
+    [clientId, duplicates.map((change) => change.mutationId)],
+  );
+  return new Map(rows.map((row) => [Number(row.mutation_id), row.outcome_json]));
 }
 
 /** A row's latest log entry. */
@@ -141,11 +193,16 @@ export class EntityPush implements PushPlan<ValidatedChange, AppliedChange> {
     await savepoint(client, () => client.query(`SELECT 1 FROM ${table} t WHERE t.${key} = ANY($1) ORDER BY t.${key} FOR UPDATE`, [ids]));
   }
 
-  async duplicate(client: PoolClient, change: ValidatedChange): Promise<AppliedChange> {
-    // The original outcome is not stored; the server row is, and it is what the client must converge to.
-    const read = change.id === null ? null : await savepoint(client, () => this.rowState(client, change.id as string, null, false));
-    const { row, version } = read?.ok ? read.value : NO_ROW;
-    return { mutationId: change.mutationId, id: change.id, status: 'applied', duplicate: true, row, serverVersion: version, version };
+  async duplicate(client: PoolClient, change: ValidatedChange, stored: readonly StoredOutcome[] | null): Promise<AppliedChange> {
+    // The server row is read now: it is what the client must converge to.
+    const outcome = storedFor(change, stored);
+    const id = replayedId(change, outcome);
+    const read = id === null ? null : await savepoint(client, () => this.rowState(client, id, null, false));
+    return replayedChange(change, outcome, read?.ok ? read.value : NO_ROW);
+  }
+
+  stored(result: AppliedChange): StoredOutcome {
+    return storedOutcome(result);
   }
 
   async apply(client: PoolClient, index: number): Promise<AppliedChange> {

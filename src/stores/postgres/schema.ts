@@ -20,6 +20,7 @@ const LEGACY_FIELD_CLIENTS_TABLE = '_rhtmx_field_clients';
 const OBJECTS = {
   log: LOG_TABLE,
   clients: '_rhtmx_sync_clients',
+  outcomes: '_rhtmx_sync_outcomes',
   meta: '_rhtmx_sync_meta',
   sequence: '_rhtmx_sync_version',
   capture: '_rhtmx_sync_capture',
@@ -141,10 +142,10 @@ export class Catalog {
       const names = Object.fromEntries(Object.entries(OBJECTS).map(([role, name]) => [role, q(name)])) as ObjectNames;
       this.names = names;
       const legacyClients = q(LEGACY_FIELD_CLIENTS_TABLE);
-      const found = await client.query<{ missing: boolean; legacy: boolean }>(
+      const found = await client.query<{ missing: boolean; legacy: boolean; outcomes: boolean }>(
         `SELECT to_regclass($1) IS NULL OR to_regclass($2) IS NULL OR to_regclass($3) IS NULL AS missing,
-                to_regclass($4) IS NOT NULL AS legacy`,
-        [names.log, names.clients, names.meta, legacyClients],
+                to_regclass($4) IS NOT NULL AS legacy, to_regclass($5) IS NOT NULL AS outcomes`,
+        [names.log, names.clients, names.meta, legacyClients, names.outcomes],
       );
       // Only when something is missing: CREATE INDEX locks the log table even when the index exists,
       // and a node starting must not queue up behind (and then block) the app's writers.
@@ -155,6 +156,8 @@ export class Catalog {
         await client.query(`SELECT setval(${literal(names.sequence)}, 1)`);
         await client.query(`INSERT INTO ${names.meta} (key, value) VALUES ('log_start', 1) ON CONFLICT (key) DO NOTHING`);
       }
+      // Added after the other tables: a database from before it gets just this one.
+      if (!found.rows[0]?.outcomes) await client.query(outcomesDdl(names));
       if (found.rows[0]?.legacy) await migrateFieldClients(client, names.clients, legacyClients);
       await client.query(captureFunctionDdl(names));
       const schemas: TableSchema[] = [];
@@ -205,6 +208,14 @@ function tablesDdl({ log, clients, meta, sequence }: ObjectNames): string {
     );
     CREATE TABLE IF NOT EXISTS ${meta} (key text PRIMARY KEY, value bigint NOT NULL);
   `;
+}
+
+/** Each recent mutation's outcome per client key, replayed to a retry (written in the push transaction). */
+function outcomesDdl({ outcomes }: ObjectNames): string {
+  return `CREATE TABLE IF NOT EXISTS ${outcomes} (
+      client_id text NOT NULL, mutation_id bigint NOT NULL, outcome_json jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now(),
+      PRIMARY KEY (client_id, mutation_id)
+    )`;
 }
 
 /** Replaced on every start (no table lock), so an upgraded engine's triggers run the new body. */

@@ -1,9 +1,10 @@
 /**
  * Pruning what a caught-up client no longer needs, in one transaction:
  * superseded log entries and deletes older than the cutoff, the field
- * tombstones those deletes left, and idle exactly-once records.
+ * tombstones those deletes left, and idle exactly-once records with their
+ * stored outcomes.
  */
-import { type Catalog, CLIENTS_TABLE, FIELD_VERSIONS_TABLE, LOG_TABLE, META_TABLE } from './schema.js';
+import { type Catalog, CLIENTS_TABLE, FIELD_VERSIONS_TABLE, LOG_TABLE, META_TABLE, OUTCOMES_TABLE } from './schema.js';
 
 /** Store.cleanup on SQLite; returns how many log entries were removed. */
 export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanMs: number): number {
@@ -30,7 +31,11 @@ export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanM
            AND version <= (SELECT value FROM ${META_TABLE} WHERE key = 'pruned_through:' || ${FIELD_VERSIONS_TABLE}.entity)`,
       );
     }
-    // Both families' records: field pushes keep theirs here too, under fieldClientKey.
+    // Both families' records: field pushes keep theirs here too, under fieldClientKey. Their stored
+    // outcomes go with them (a push bounds them per client to the last OUTCOME_WINDOW mutation ids).
+    db.prepare(`DELETE FROM ${OUTCOMES_TABLE} WHERE client_id IN (SELECT client_id FROM ${CLIENTS_TABLE} WHERE updated_at < ?)`).run(
+      clientsOlderThanMs,
+    );
     db.prepare(`DELETE FROM ${CLIENTS_TABLE} WHERE updated_at < ?`).run(clientsOlderThanMs);
     return removed;
   })();

@@ -34,6 +34,10 @@ import {
   type RowFieldStates,
   type RowWrite,
   type RowWriteCheck,
+  replayedField,
+  type StoredOutcome,
+  storedFieldOutcome,
+  storedFor,
   type WriteStamp,
 } from '../../core/store.js';
 import { guarded, type PushPlan, type PushScope, runPush } from './push.js';
@@ -267,11 +271,15 @@ class FieldPush implements PushPlan<FieldWrite, FieldOutcome> {
     readonly batch: FieldPushBatch,
   ) {}
 
-  duplicate(change: FieldWrite): FieldOutcome {
-    // The original outcome is not stored; the field's current state is, and it is what the client converges to.
+  duplicate(change: FieldWrite, stored: readonly StoredOutcome[] | null): FieldOutcome {
+    // The field's state is read now: it is what the client converges to.
     const state = this.readState(change);
     const current = change.field === ROW_FIELD ? (state.tombstone ?? state.row) : state.field;
-    return { change, status: 'applied', duplicate: true, version: current.version, hlc: current.hlc, value: state.value };
+    return replayedField(change, storedFor(change, stored), { version: current.version, hlc: current.hlc, value: state.value });
+  }
+
+  stored(outcome: FieldOutcome): StoredOutcome {
+    return storedFieldOutcome(outcome);
   }
 
   apply(index: number, scope: PushScope<FieldWrite, FieldOutcome>): FieldOutcome {

@@ -3,10 +3,14 @@
  * the entity push's per-change apply (`EntityPush`; fields.ts has `FieldPush`).
  *
  * One IMMEDIATE transaction: read the client's exactly-once record → answer
- * each already applied change from the current state, decide and write each
- * new one under a savepoint → record the highest mutation id. The record is
- * written in the same transaction as the data, so a retried push is applied
- * exactly once; the write lock taken at BEGIN makes concurrent pushes (from
+ * each already applied change with its stored outcome (core/store.ts
+ * `replayedChange`), decide and write each new one under a savepoint → store
+ * each new outcome and record the highest mutation id. Record and outcomes
+ * are written in the same transaction as the data, so a retried push is
+ * applied exactly once and answered as the first time; outcomes are kept
+ * for the client's last OUTCOME_WINDOW mutation ids (older ones are deleted
+ * here, the rest with the client's record in `cleanup`). A push with no
+ * mutation id writes no record. The write lock taken at BEGIN makes concurrent pushes (from
  * this process or another) apply one after the other, each seeing the id the
  * previous one recorded. better-sqlite3 is synchronous, so the core's
  * decisions run inside the transaction without an await.
@@ -14,7 +18,20 @@
 import { randomUUID } from 'node:crypto';
 import { SyncError } from '../../core/errors.js';
 import type { Row } from '../../core/protocol.js';
-import type { AppliedChange, PushBatch, ServerRowState, ValidatedChange, WriteDecision } from '../../core/store.js';
+import {
+  type AppliedChange,
+  newOutcomes,
+  OUTCOME_WINDOW,
+  type PushBatch,
+  replayedChange,
+  replayedId,
+  type ServerRowState,
+  type StoredOutcome,
+  storedFor,
+  storedOutcome,
+  type ValidatedChange,
+  type WriteDecision,
+} from '../../core/store.js';
 import { describeWriteError } from './errors.js';
 import type { Catalog, SyncedTable } from './schema.js';
 
@@ -39,10 +56,12 @@ export interface PushScope<C, R> {
 export interface PushPlan<C extends { mutationId: number | null }, R> {
   /** `clientId`: key of the exactly-once record (null: no dedupe); `origin`: the id stamped on logged changes (default clientId). */
   readonly batch: { clientId: string | null; origin?: string | null; changes: readonly C[] };
-  /** The answer to an already applied change: its current state, which is what the client converges to. */
-  duplicate(change: C): R;
+  /** The answer to an already applied change: its stored outcome (`stored`: its mutation's, null when none were kept) with the current state. */
+  duplicate(change: C, stored: readonly StoredOutcome[] | null): R;
   /** Decide and write change `index`. */
   apply(index: number, scope: PushScope<C, R>): R;
+  /** What is stored of a new change's outcome, to answer its retries. */
+  stored(result: R): StoredOutcome;
 }
 
 /** Apply a push in one transaction and record the client's highest mutation id in it. */
@@ -52,7 +71,9 @@ export function runPush<C extends { mutationId: number | null }, R>(catalog: Cat
   const origin = plan.batch.origin === undefined ? clientId : plan.batch.origin;
   const { s, db } = catalog;
   const run = db.transaction((): R[] => {
-    const last = clientId === null ? null : ((s.lastMutation.get(clientId) as number | undefined) ?? -1);
+    // Without a mutation id nothing is deduplicated, and nothing is recorded (an empty push writes no record).
+    const recorded = clientId !== null && changes.some((change) => change.mutationId !== null) ? clientId : null;
+    const last = recorded === null ? null : ((s.lastMutation.get(recorded) as number | undefined) ?? -1);
     const scope: PushScope<C, R> = {
       results: new Array(changes.length),
       isDuplicate: (change) => last !== null && change.mutationId !== null && change.mutationId <= last,
@@ -70,14 +91,27 @@ export function runPush<C extends { mutationId: number | null }, R>(catalog: Cat
         }
       },
     };
+    const storedOf = (mutationId: number): StoredOutcome[] | null => {
+      const json = s.outcome.get(recorded, mutationId) as string | undefined;
+      return json === undefined ? null : (JSON.parse(json) as StoredOutcome[]);
+    };
     let highest = last ?? -1;
     try {
       for (const [index, change] of changes.entries()) {
         highest = Math.max(highest, change.mutationId ?? -1);
         if (scope.results[index] !== undefined) continue; // settled together with an earlier change
-        scope.results[index] = scope.isDuplicate(change) ? plan.duplicate(change) : plan.apply(index, scope);
+        scope.results[index] = scope.isDuplicate(change)
+          ? plan.duplicate(change, storedOf(change.mutationId as number))
+          : plan.apply(index, scope);
       }
-      if (clientId !== null && highest > (last ?? -1)) s.saveMutation.run(clientId, highest, Date.now());
+      if (recorded !== null && highest > (last ?? -1)) {
+        const now = Date.now();
+        for (const [mutationId, outcomes] of newOutcomes(plan, changes, scope.results, scope.isDuplicate)) {
+          s.saveOutcome.run(recorded, mutationId, JSON.stringify(outcomes), now);
+        }
+        s.pruneOutcomes.run(recorded, highest - OUTCOME_WINDOW);
+        s.saveMutation.run(recorded, highest, now);
+      }
     } finally {
       s.clearContext.run();
     }
@@ -109,10 +143,15 @@ export class EntityPush implements PushPlan<ValidatedChange, AppliedChange> {
     this.entity = catalog.entity(batch.schema.entity);
   }
 
-  duplicate(change: ValidatedChange): AppliedChange {
-    // The original outcome is not stored; the server row is, and it is what the client must converge to.
-    const { row, version } = change.id === null ? NO_ROW : this.rowState(change.id, null);
-    return { mutationId: change.mutationId, id: change.id, status: 'applied', duplicate: true, row, serverVersion: version, version };
+  duplicate(change: ValidatedChange, stored: readonly StoredOutcome[] | null): AppliedChange {
+    // The server row is read now: it is what the client must converge to.
+    const outcome = storedFor(change, stored);
+    const id = replayedId(change, outcome);
+    return replayedChange(change, outcome, id === null ? NO_ROW : this.rowState(id, null));
+  }
+
+  stored(result: AppliedChange): StoredOutcome {
+    return storedOutcome(result);
   }
 
   apply(index: number, scope: PushScope<ValidatedChange, AppliedChange>): AppliedChange {

@@ -19,6 +19,8 @@ export type Statement = BetterSqlite3.Statement;
 export const LOG_TABLE = '_rhtmx_sync_log';
 /** The exactly-once record of both push families (field pushes under `fieldClientKey`). */
 export const CLIENTS_TABLE = '_rhtmx_sync_clients';
+/** Each recent mutation's outcome per client key, replayed to a retry (written in the push transaction). */
+export const OUTCOMES_TABLE = '_rhtmx_sync_outcomes';
 /** Per-field bookkeeping, created by the field store (fields.ts) when field sync is on. */
 export const FIELD_VERSIONS_TABLE = '_rhtmx_field_versions';
 /** One-row table a push fills so triggers can stamp its writes with the client id and HLC. */
@@ -167,6 +169,10 @@ export class Catalog {
       CREATE INDEX IF NOT EXISTS ${LOG_TABLE}_row ON ${LOG_TABLE} (entity, entity_id, version);
       CREATE INDEX IF NOT EXISTS ${LOG_TABLE}_age ON ${LOG_TABLE} (created_at);
       CREATE TABLE IF NOT EXISTS ${CLIENTS_TABLE} (client_id TEXT PRIMARY KEY, last_mutation_id INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS ${OUTCOMES_TABLE} (
+        client_id TEXT NOT NULL, mutation_id INTEGER NOT NULL, outcome_json TEXT NOT NULL, created_at INTEGER NOT NULL,
+        PRIMARY KEY (client_id, mutation_id)
+      ) WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS ${META_TABLE} (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
       -- Versions start above 0: 0 means "no snapshot yet" to clients, so a table synced before its
       -- first write must still hand out a cursor they can continue from.
@@ -192,6 +198,12 @@ export class Catalog {
          ON CONFLICT (client_id) DO UPDATE SET last_mutation_id = MAX(last_mutation_id, excluded.last_mutation_id),
            updated_at = MAX(updated_at, excluded.updated_at)`,
       ),
+      outcome: db.prepare(`SELECT outcome_json FROM ${OUTCOMES_TABLE} WHERE client_id = ? AND mutation_id = ?`).pluck(),
+      saveOutcome: db.prepare(
+        `INSERT INTO ${OUTCOMES_TABLE} (client_id, mutation_id, outcome_json, created_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (client_id, mutation_id) DO UPDATE SET outcome_json = excluded.outcome_json, created_at = excluded.created_at`,
+      ),
+      pruneOutcomes: db.prepare(`DELETE FROM ${OUTCOMES_TABLE} WHERE client_id = ? AND mutation_id <= ?`),
       setContext: db.prepare(`INSERT OR REPLACE INTO ${CONTEXT_TABLE} (id, client_id, hlc) VALUES (1, ?, ?)`),
       clearContext: db.prepare(`DELETE FROM ${CONTEXT_TABLE}`),
       getMeta: db.prepare(`SELECT value FROM ${META_TABLE} WHERE key = ?`).pluck(),
