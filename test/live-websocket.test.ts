@@ -21,6 +21,8 @@ for (const store of STORES) {
       assert.equal(subscribed.type, 'subscribed');
       assert.deepEqual(subscribed.entities, ['todos']);
       await postJson(`${server.url}/api/sync/todos`, { changes: [{ id: 'w1', action: 'create', data: { title: 'http', done: false } }] });
+      // The create arrives alone before the raw write, so one batch holds exactly one change.
+      await waitFor(() => client.changes().length >= 1);
       await store.externalWrite(server, "UPDATE todos SET done = true WHERE id = 'w1'");
       await waitFor(() => client.changes().length >= 2);
       assert.deepEqual(

@@ -31,12 +31,22 @@ export class SyncError extends Error {
     });
   }
 
-  /** The socket `error` message, echoing the request's `ref`. */
-  toMessage(ref?: string | number): { type: 'error'; code: ErrorCode; message: string; ref?: string | number } {
-    return ref === undefined
-      ? { type: 'error', code: this.code, message: this.message }
-      : { type: 'error', code: this.code, message: this.message, ref };
+  /** The socket `error` message, echoing the request's `ref`; `details` as in the HTTP body. */
+  toMessage(ref?: string | number): SocketErrorMessage {
+    const message: SocketErrorMessage = { type: 'error', code: this.code, message: this.message };
+    if (this.details !== undefined) message.details = this.details;
+    if (ref !== undefined) message.ref = ref;
+    return message;
   }
+}
+
+/** A refusal on a socket: the HTTP body's fields, flat, plus the request's `ref`. */
+export interface SocketErrorMessage {
+  type: 'error';
+  code: ErrorCode;
+  message: string;
+  details?: unknown;
+  ref?: string | number;
 }
 
 /** 400 Bad Request. */

@@ -33,9 +33,14 @@ export class SyncHttpError extends Error {
     return new SyncHttpError(response.url, response.status, await response.json().catch(() => null));
   }
 
-  /** The server refused the request itself (a client bug): sending it again cannot succeed. */
+  /**
+   * The server refused the request itself (a client bug), or a write rule
+   * refused one of its changes (a 403 naming the change in `details`): sending
+   * it again cannot succeed. A 403 without that (a refused session) is retried.
+   */
   get refused(): boolean {
-    return REFUSED.test(this.code);
+    const details = this.body?.error?.details as { mutation_id?: unknown } | undefined;
+    return REFUSED.test(this.code) || (this.code === 'forbidden' && details?.mutation_id !== undefined);
   }
 }
 
