@@ -6,6 +6,8 @@
  * pushes inside one transaction. The core decides *what* to write (conflict
  * strategies live in core/conflict.ts); the store decides *how*.
  */
+
+import { SyncError } from './errors.js';
 import type { Change, ChangeAction, ColumnSchema, FieldAction, FieldChange, FieldState, Row } from './protocol.js';
 import type { SchemaIssue } from './standard-schema.js';
 
@@ -201,6 +203,23 @@ export interface PushBatch {
    */
   decide: (change: ValidatedChange, server: ServerRowState, index: number) => WriteDecision;
 }
+
+/**
+ * Run a core callback (decide, a write check) inside a store's push: a
+ * SyncError (forbidden) rolls the whole push back; any other error becomes
+ * `fallback`, rejecting just that change. Every dialect's push uses it.
+ */
+export function guarded<T>(call: () => T, fallback: (message: string) => T): T {
+  try {
+    return call();
+  } catch (error) {
+    if (error instanceof SyncError) throw error;
+    return fallback((error as Error).message);
+  }
+}
+
+/** The state of a row the server never had. */
+export const NO_ROW: ServerRowState = Object.freeze({ row: null, version: 0, hlc: 0, base: null });
 
 /** A database the engine can sync. Implementations: SqliteStore, PostgresStore. */
 export interface Store {

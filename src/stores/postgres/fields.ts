@@ -36,6 +36,7 @@ import {
   type FieldTarget,
   type FieldValue,
   type FieldWrite,
+  guarded,
   NEVER_WRITTEN,
   type RowFieldStates,
   type RowWriteCheck,
@@ -47,7 +48,7 @@ import {
   type WriteStamp,
 } from '../../core/store.js';
 import { describeWriteError, isChangeError, isUniqueViolation } from './errors.js';
-import { bindArray, guarded, type LastEntry, type PushPlan, readServerRow, runPush } from './push.js';
+import { bindArray, type LastEntry, type PushPlan, readServerRow, runPush } from './push.js';
 import { type Catalog, FIELD_VERSIONS_TABLE, HLC_SETTING, keyFits, literal, type PreparedEntity } from './schema.js';
 import { savepoint, transaction } from './transaction.js';
 

@@ -30,6 +30,7 @@ import {
   type FieldTarget,
   type FieldValue,
   type FieldWrite,
+  guarded,
   NEVER_WRITTEN,
   type RowFieldStates,
   type RowWrite,
@@ -40,7 +41,7 @@ import {
   storedFor,
   type WriteStamp,
 } from '../../core/store.js';
-import { guarded, type PushPlan, type PushScope, runPush } from './push.js';
+import { type PushPlan, type PushScope, runPush } from './push.js';
 import type { LogReader } from './reads.js';
 import { type Catalog, FIELD_VERSIONS_TABLE, type LastEntry, LOG_TABLE, literal, type SyncedTable } from './schema.js';
 

@@ -20,6 +20,8 @@ import { SyncError } from '../../core/errors.js';
 import type { Row } from '../../core/protocol.js';
 import {
   type AppliedChange,
+  guarded,
+  NO_ROW,
   newOutcomes,
   OUTCOME_WINDOW,
   type PushBatch,
@@ -119,18 +121,6 @@ export function runPush<C extends { mutationId: number | null }, R>(catalog: Cat
   });
   return run.immediate();
 }
-
-/** Run a core callback inside the push: a SyncError (forbidden) rolls the whole push back; any other error becomes `fallback`. */
-export function guarded<T>(call: () => T, fallback: (message: string) => T): T {
-  try {
-    return call();
-  } catch (error) {
-    if (error instanceof SyncError) throw error;
-    return fallback((error as Error).message);
-  }
-}
-
-const NO_ROW: ServerRowState = Object.freeze({ row: null, version: 0, hlc: 0, base: null });
 
 /** An entity push: whole-row changes, decided by the core's conflict strategy. */
 export class EntityPush implements PushPlan<ValidatedChange, AppliedChange> {
