@@ -73,14 +73,15 @@ describe('PostgresStore', () => {
   });
 
   test('concurrent and repeated installs leave exactly one trigger per table and log each write once', async () => {
+    // One row trigger and one TRUNCATE statement trigger per table, however many nodes installed them.
     const { rows } = await database.pool.query(
-      `SELECT c.relname AS table, count(*)::int AS triggers FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-        WHERE NOT t.tgisinternal GROUP BY c.relname ORDER BY c.relname`,
+      `SELECT c.relname AS table, string_agg(t.tgname, ',' ORDER BY t.tgname) AS triggers FROM pg_trigger t
+         JOIN pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal GROUP BY c.relname ORDER BY c.relname`,
     );
     assert.deepEqual(rows, [
-      { table: 'counters', triggers: 1 },
-      { table: 'kinds', triggers: 1 },
-      { table: 'todos', triggers: 1 },
+      { table: 'counters', triggers: '_rhtmx_sync,_rhtmx_sync_truncate' },
+      { table: 'kinds', triggers: '_rhtmx_sync,_rhtmx_sync_truncate' },
+      { table: 'todos', triggers: '_rhtmx_sync,_rhtmx_sync_truncate' },
     ]);
     await rawSql(database.url, "INSERT INTO todos (id, title) VALUES ('once', 'logged once')");
     assert.equal((await logRows("entity_id = 'once'")).length, 1);

@@ -24,12 +24,15 @@ const OBJECTS = {
   meta: '_rhtmx_sync_meta',
   sequence: '_rhtmx_sync_version',
   capture: '_rhtmx_sync_capture',
+  captureTruncate: '_rhtmx_sync_capture_truncate',
   fieldVersions: FIELD_VERSIONS_TABLE,
   fieldCapture: '_rhtmx_field_capture',
 } as const;
 /** Quoted names of our objects, qualified with the schema they live in. */
 export type ObjectNames = Record<keyof typeof OBJECTS, string>;
 const TRIGGER_NAME = '_rhtmx_sync';
+/** The statement trigger that logs a TRUNCATE as one delete per row. */
+const TRUNCATE_TRIGGER_NAME = '_rhtmx_sync_truncate';
 /** The NOTIFY channel every capture trigger signals; the payload is always empty. */
 export const NOTIFY_CHANNEL = 'rhtmx_sync';
 /** Transaction-local setting a push stamps its log rows' client id with. */
@@ -160,10 +163,12 @@ export class Catalog {
       if (!found.rows[0]?.outcomes) await client.query(outcomesDdl(names));
       if (found.rows[0]?.legacy) await migrateFieldClients(client, names.clients, legacyClients);
       await client.query(captureFunctionDdl(names));
+      await client.query(truncateFunctionDdl(names));
       const schemas: TableSchema[] = [];
       for (const target of targets) {
         const prepared = await introspect(client, target);
         await installTrigger(client, prepared, names.capture);
+        await installTruncateTrigger(client, prepared, names.captureTruncate);
         this.entities.set(prepared.schema.entity, prepared);
         schemas.push(prepared.schema);
       }
@@ -321,6 +326,47 @@ async function introspect(client: PoolClient, target: EntityTarget): Promise<Pre
     rowJson: rowJsonBuilder(schema),
     idText: (alias) => `(to_jsonb(${alias}.${quoteIdent(primaryKey)}) #>> '{}')`,
   };
+}
+
+/**
+ * TRUNCATE fires no row triggers. A statement trigger BEFORE it, while the
+ * rows still exist, logs one delete per row (same sequence, xid and wake-up as
+ * the row trigger), so every client drops them like any other delete and the
+ * field bookkeeping records their tombstones.
+ */
+function truncateFunctionDdl({ log, sequence, captureTruncate }: ObjectNames): string {
+  return `
+    CREATE OR REPLACE FUNCTION ${captureTruncate}() RETURNS trigger LANGUAGE plpgsql AS $rhtmx$
+    DECLARE
+      v_client text := NULLIF(current_setting('${CLIENT_SETTING}', true), '');
+      v_hlc bigint := COALESCE(NULLIF(current_setting('${HLC_SETTING}', true), '')::bigint,
+                               floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint * 4096);
+      v_txid xid8 := pg_current_xact_id();
+    BEGIN
+      EXECUTE format(
+        'INSERT INTO ${log} (version, entity, entity_id, action, data, hlc, client_id, txid)
+           SELECT nextval(${literal(sequence).replaceAll("'", "''")}), $1, to_jsonb(t) ->> $2, ''delete'', NULL, $3, $4, $5 FROM %s t',
+        TG_RELID::regclass)
+        USING TG_ARGV[0], TG_ARGV[1], v_hlc, v_client, v_txid;
+      PERFORM pg_notify('${NOTIFY_CHANNEL}', '');
+      RETURN NULL;
+    END $rhtmx$`;
+}
+
+/** (Re)install the TRUNCATE trigger (cheap to check, so only when missing or different). */
+async function installTruncateTrigger(client: PoolClient, entity: PreparedEntity, capture: string): Promise<void> {
+  const args = [entity.schema.entity, entity.schema.primaryKey];
+  const existing = await client.query<{ args: Buffer; ours: boolean }>(
+    `SELECT tgargs AS args, tgfoid = $3::regproc AS ours FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2`,
+    [entity.table, TRUNCATE_TRIGGER_NAME, capture],
+  );
+  const current = existing.rows[0];
+  if (current?.ours && Buffer.compare(current.args, Buffer.from(args.map((arg) => `${arg}\0`).join(''), 'utf8')) === 0) return;
+  const trigger = quoteIdent(TRUNCATE_TRIGGER_NAME);
+  await client.query(`DROP TRIGGER IF EXISTS ${trigger} ON ${entity.table}`);
+  await client.query(
+    `CREATE TRIGGER ${trigger} BEFORE TRUNCATE ON ${entity.table} FOR EACH STATEMENT EXECUTE FUNCTION ${capture}(${args.map(literal).join(', ')})`,
+  );
 }
 
 /** (Re)install the capture trigger unless an identical one is there (replacing it locks the table). */
