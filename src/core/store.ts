@@ -218,6 +218,29 @@ export function guarded<T>(call: () => T, fallback: (message: string) => T): T {
   }
 }
 
+/**
+ * A snapshot page from up to `limit + 1` current rows in key order (the extra
+ * row only says that more follow), each with its latest log version. Every
+ * dialect's snapshot read ends here.
+ */
+export function snapshotPage(
+  entity: string,
+  rows: Array<{ id: string; data: Row; version: number }>,
+  limit: number,
+  version: number,
+): SnapshotPage {
+  const page = rows.length > limit ? rows.slice(0, limit) : rows;
+  const changes: Change[] = page.map((row) => ({
+    entity,
+    id: row.id,
+    entity_id: row.id,
+    action: 'create',
+    data: row.data,
+    version: row.version,
+  }));
+  return { changes, version, after: rows.length > limit ? changes[changes.length - 1]?.id : undefined };
+}
+
 /** The state of a row the server never had. */
 export const NO_ROW: ServerRowState = Object.freeze({ row: null, version: 0, hlc: 0, base: null });
 

@@ -125,10 +125,8 @@ export class HttpRoutes {
       requireJson(request);
       return parseJson(await readBody(request, this.options.limits.maxBodyBytes), this.options.limits);
     };
-    const field = () => {
-      if (this.fields instanceof SyncError) throw this.fields;
-      return this.fields as FieldService;
-    };
+    // Field routes run only once route() has refused them when field sync cannot be served.
+    const field = () => this.fields as FieldService;
     this.routes = [
       {
         base: 'sync',

@@ -5,7 +5,7 @@
  */
 import { SyncError } from '../../core/errors.js';
 import { type Change, type ChangeAction, ErrorCode, type Row } from '../../core/protocol.js';
-import type { LogPage, SnapshotPage } from '../../core/store.js';
+import { type LogPage, type SnapshotPage, snapshotPage } from '../../core/store.js';
 import type { HorizonReader } from './horizon.js';
 import { type Catalog, keyFits } from './schema.js';
 
@@ -76,17 +76,12 @@ export class LogReader {
       rows = read.result;
       version = read.cursor;
     }
-    const hasMore = rows.length > limit;
-    if (hasMore) rows.length = limit;
-    const changes: Change[] = rows.map((row) => ({
-      entity: entityName,
-      id: row.id,
-      entity_id: row.id,
-      action: 'create',
-      data: row.data,
-      version: Number(row.version),
-    }));
-    return { changes, version, after: hasMore ? changes[changes.length - 1]?.id : undefined };
+    return snapshotPage(
+      entityName,
+      rows.map((row) => ({ ...row, version: Number(row.version) })),
+      limit,
+      version,
+    );
   }
 
   /** Lowest cursor still served incrementally: the newest delete cleanup pruned for this entity. */

@@ -4,7 +4,7 @@
  * the same WAL snapshot (never two separate, non-atomic steps).
  */
 import type { Change, ChangeAction, Row } from '../../core/protocol.js';
-import type { LogPage, SnapshotPage } from '../../core/store.js';
+import { type LogPage, type SnapshotPage, snapshotPage } from '../../core/store.js';
 import { type Catalog, LOG_TABLE } from './schema.js';
 
 interface LogRow {
@@ -47,18 +47,8 @@ export class LogReader {
     const entity = this.catalog.entity(entityName);
     return this.catalog.db.transaction((): SnapshotPage => {
       const version = atVersion ?? this.catalog.currentVersion();
-      const rows = entity.page(limit + 1, after);
-      const hasMore = rows.length > limit;
-      if (hasMore) rows.length = limit;
-      const changes: Change[] = rows.map((row) => ({
-        entity: entityName,
-        id: row.id,
-        entity_id: row.id,
-        action: 'create',
-        data: JSON.parse(row.data) as Row,
-        version: row.version,
-      }));
-      return { changes, version, after: hasMore ? changes[changes.length - 1]?.id : undefined };
+      const rows = entity.page(limit + 1, after).map((row) => ({ ...row, data: JSON.parse(row.data) as Row }));
+      return snapshotPage(entityName, rows, limit, version);
     })();
   }
 

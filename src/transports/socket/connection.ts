@@ -30,7 +30,6 @@ export class SyncConnection implements LiveSession {
   pending = 0;
   private chain: Promise<void> = Promise.resolve();
   private readonly messages: Budget;
-  private readonly rows: Budget;
   private drainWaiters: Array<() => void> = [];
   private closed = false;
 
@@ -38,18 +37,17 @@ export class SyncConnection implements LiveSession {
     readonly socket: WebSocket,
     private readonly limits: SyncLimits,
     /** Who the socket runs as now (null without an authorize hook); updated by every re-check. */
-    public user: SyncUser | null = null,
+    public user: SyncUser | null,
     /** The upgrade request, kept to re-check the session (null without an authorize hook). */
-    readonly request: Request | null = null,
-    private readonly endpoint: Rescoping | null = null,
+    readonly request: Request | null,
+    private readonly endpoint: Rescoping,
     /** The message family this socket speaks (its path decides). */
-    readonly family: Family = 'change',
-    /** The principal's row budget, shared with its other sockets (a fresh one when absent). */
-    rows?: Budget,
+    readonly family: Family,
+    /** The principal's row budget, shared with its other sockets. */
+    private readonly rows: Budget,
   ) {
     this.filter = new EntityFilter(new Set(), false, undefined, family);
     this.messages = new Budget(limits.wsMessagesPerSecond);
-    this.rows = rows ?? new Budget(limits.wsRowsPerSecond);
     socket.once('close', () => {
       this.closed = true;
       this.wakeDrainWaiters();
@@ -149,7 +147,7 @@ export class SyncConnection implements LiveSession {
 
   /** The socket's user now, re-checked; null after the socket was closed for a refused session. */
   async currentUser(): Promise<{ user: SyncUser | null } | null> {
-    if (!this.request || !this.endpoint?.options.authorize) return { user: this.user };
+    if (!this.request || !this.endpoint.options.authorize) return { user: this.user };
     let user: SyncUser | null;
     try {
       user = await reauthorize(this.endpoint.options.authorize, this.request, this.user);

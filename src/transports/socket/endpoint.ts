@@ -71,14 +71,14 @@ export class SocketEndpoint implements Rescoping {
   readonly server: ReturnType<typeof createSocketServer>;
   private readonly connections = new Set<SyncConnection>();
   private readonly heartbeat: ReturnType<typeof setInterval>;
-  private readonly families = new Map<string, MessageFamily>();
+  private readonly families = new Map<Family, MessageFamily>();
 
   constructor(
     private readonly hub: ChangeHub,
     families: MessageFamily[],
     readonly options: SocketEndpointOptions,
   ) {
-    for (const family of families) this.families.set(family.path, family);
+    for (const family of families) this.families.set(family.family, family);
     this.server = createSocketServer(options.limits);
     // Handshakes ws refuses itself (bad Upgrade, key or version) come here instead of being thrown.
     this.server.on('wsClientError', (error, socket) => refuseUpgrade(socket, badRequest(`bad WebSocket handshake: ${error.message}`)));
@@ -100,15 +100,22 @@ export class SocketEndpoint implements Rescoping {
     return this.connections.size;
   }
 
+  /** The family served at an upgrade request's path, if any. */
+  private familyAt(request: IncomingMessage): MessageFamily | undefined {
+    const path = (request.url ?? '').split('?')[0];
+    for (const family of this.families.values()) if (family.path === path) return family;
+    return undefined;
+  }
+
   /** Whether an upgrade request is for one of the families' paths. */
   owns(request: IncomingMessage): boolean {
-    return this.families.has((request.url ?? '').split('?')[0] ?? '');
+    return this.familyAt(request) !== undefined;
   }
 
   /** Take over an upgrade request for one of our paths: admit it or refuse it, never throwing. */
   handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
     absorbErrors(socket);
-    const family = this.families.get((request.url ?? '').split('?')[0] ?? '');
+    const family = this.familyAt(request);
     if (!family) {
       refuseUpgrade(socket, new SyncError(ErrorCode.NotFound, 'no WebSocket at this path', 404));
       return;
@@ -230,9 +237,9 @@ export class SocketEndpoint implements Rescoping {
     }
   }
 
+  /** The family a connection speaks; it was admitted on that family's path, so it is always there. */
   private familyOf(connection: SyncConnection): MessageFamily {
-    for (const family of this.families.values()) if (family.family === connection.family) return family;
-    throw new Error(`rhtmx-sync: no ${connection.family} family`);
+    return this.families.get(connection.family) as MessageFamily;
   }
 
   /** The reply to one request, or null when it was already sent (subscribe sends it before any replayed change). */
