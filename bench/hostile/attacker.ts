@@ -27,7 +27,8 @@ import { serve } from '../lib/proc.js';
 const SYNC = JSON.stringify({ type: 'sync', entity: 'todos', since: 0, limit: 10_000 });
 const CLIENT_QUEUE = 1024 * 1024;
 
-interface HostileStats {
+/** What the attacker process reports (the suite reads it). */
+export interface HostileStats {
   connections: number;
   opened: number;
   messages: number;

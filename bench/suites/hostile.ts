@@ -18,6 +18,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { HostileStats } from '../hostile/attacker.js';
 import { now, sleep } from '../lib/clock.js';
 import { type BenchContext, bytes, ms, type SuiteResult, type Target, times } from '../lib/context.js';
 import { ROOT, Worker } from '../lib/proc.js';
@@ -34,16 +35,6 @@ interface Pulls {
   latencies: number[][];
   problems: string[];
   problemCount: number;
-  ms: number;
-}
-
-interface HostileStats {
-  connections: number;
-  opened: number;
-  messages: number;
-  serverCloses: Record<string, number>;
-  clientCloses: Record<string, number>;
-  errors: Record<string, number>;
   ms: number;
 }
 
