@@ -36,13 +36,12 @@ describe('field sync: column types', () => {
         { entity_id: 1, field: 'pinned', value: 'on' },
         { entity_id: 1, field: 'meta', value: { tags: ['a', 'b'] } },
         { entity_id: 1, field: 'raw', value: 'cafe' },
-        { entity_id: 1, field: 'stars', value: 2.5 },
       ],
     });
     assert.equal(push.status, 200);
     assert.deepEqual(
       push.body.results.map((result: any) => result.status),
-      ['applied', 'applied', 'applied', 'applied', 'applied', 'applied', 'rejected'],
+      ['applied', 'applied', 'applied', 'applied', 'applied', 'applied'],
     );
     assert.equal(push.body.results[0].entity_id, '1', 'ids travel as strings');
     const row = server.db.prepare('SELECT * FROM notes WHERE id = 1').get() as any;
@@ -59,6 +58,10 @@ describe('field sync: column types', () => {
     const feed = await getJson(url(`?since=${push.body.results[0].version - 1}`));
     const fed = Object.fromEntries(feed.body.changes.map((change: any) => [change.field, change.value]));
     assert.deepEqual(fed, { body: 'hello', score: 4.5, stars: 3, pinned: true, meta: { tags: ['a', 'b'] }, raw: 'CAFE' });
+    // A value its column cannot hold refuses the push, naming the column and the rule (test/value-matrix.test.ts has them all).
+    const fractional = await postJson(url(), { changes: [{ entity_id: 1, field: 'stars', value: 2.5 }] });
+    assert.deepEqual([fractional.status, fractional.body.error.code], [400, 'bad_request']);
+    assert.match(fractional.body.error.message, /^changes\[0\]: stars must be an integer/);
     // Integer keys given as numbers or strings address the same row.
     const again = await postJson(url(), { changes: [{ entity_id: '1', field: 'stars', value: 3 }] });
     assert.equal(again.body.results[0].status, 'applied');
