@@ -29,7 +29,7 @@ import {
   type SchemaResponse,
 } from './core/protocol.js';
 import { LiveSessions } from './core/sessions.js';
-import type { Store } from './core/store.js';
+import type { Store, TableSchema } from './core/store.js';
 import { SyncService } from './core/sync-service.js';
 import { loadTracing } from './core/tracing.js';
 import { ClientAssets } from './transports/assets.js';
@@ -89,6 +89,7 @@ export class SyncEngine {
     sockets: SocketEndpoint;
     fields: FieldService | SyncError | null;
     sessions: LiveSessions;
+    stopFollowing: () => void;
   } | null = null;
   private closed = false;
 
@@ -144,6 +145,12 @@ export class SyncEngine {
       onError,
       onPublished: (changes, seconds) => metrics.recordFanout(changes, seconds),
     });
+    // Before the hub starts watching: the store follows DDL only while watched.
+    const stopFollowing =
+      store.onSchemaChange?.(
+        (schemas) => this.followSchemas(schemas, service, fields, hub),
+        (error) => this.logger.error({ err: error }, 'rhtmx-sync: cannot follow a schema change'),
+      ) ?? (() => {});
     await hub.start();
     const sessions = new LiveSessions(
       this.limits.maxConnectionsPerUser,
@@ -173,8 +180,29 @@ export class SyncEngine {
       heartbeatMs: this.options.heartbeatMs ?? 30_000,
       onError,
     });
-    this.state = { store, service, hub, http, sockets, fields, sessions };
+    this.state = { store, service, hub, http, sockets, fields, sessions, stopFollowing };
     this.logger.debug({ entities: service.entityNames }, 'rhtmx-sync: ready');
+  }
+
+  /**
+   * A synced table changed shape (ALTER TABLE by anyone, live): the store has
+   * re-installed its triggers and raised the entity's must-refetch horizon.
+   * Pushes, validation, `/schema` and field sync take the new columns from
+   * now on, and every live connection subscribed to the entity is told to
+   * refetch (WebSocket closed with 4205, SSE stream ended): the client
+   * reconnects and pulls from its cursor, which is below the horizon, so the
+   * answer is a reset snapshot of the new shape.
+   */
+  private followSchemas(schemas: TableSchema[], service: SyncService, fields: FieldService | SyncError | null, hub: ChangeHub): void {
+    for (const schema of schemas) {
+      service.adoptSchema(schema);
+      if (fields instanceof FieldService) fields.adoptSchema(schema.entity);
+      const told = hub.refetch(schema.entity);
+      this.logger.info(
+        { entity: schema.entity, columns: schema.columns.map((column) => column.name), refetching: told },
+        `rhtmx-sync: ${schema.entity} changed shape; capture re-installed, clients refetch it`,
+      );
+    }
   }
 
   /**
@@ -388,6 +416,7 @@ export class SyncEngine {
     if (this.closed) return;
     this.closed = true;
     if (!this.state) return;
+    this.state.stopFollowing();
     this.state.hub.stop();
     this.state.sessions.close();
     await this.state.sockets.close();

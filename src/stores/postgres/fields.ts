@@ -23,6 +23,7 @@ import { isDeepStrictEqual } from 'node:util';
 import type { PoolClient } from 'pg';
 import { quoteIdent } from '../../core/config.js';
 import { SyncError } from '../../core/errors.js';
+import { fieldColumns } from '../../core/field/validation.js';
 import { ErrorCode, type FieldChange, ROW_FIELD, type Row } from '../../core/protocol.js';
 import type { SchemaIssue } from '../../core/standard-schema.js';
 import {
@@ -45,6 +46,7 @@ import {
   type StoredOutcome,
   storedFieldOutcome,
   storedFor,
+  type TableSchema,
   type WriteStamp,
 } from '../../core/store.js';
 import { describeWriteError, isChangeError, isUniqueViolation } from './errors.js';
@@ -128,14 +130,37 @@ export class PostgresFieldStore implements FieldStore {
         }
         await client.query(`DROP TRIGGER IF EXISTS ${quoteIdent(trigger.name)} ON ${log}`);
       }
-      for (const [name, target] of wanted) {
-        await client.query(
-          `CREATE TRIGGER ${quoteIdent(name)} AFTER INSERT ON ${log} FOR EACH ROW WHEN (NEW.entity = ${literal(target.schema.entity)})
-             EXECUTE FUNCTION ${fieldCapture}(${literal(triggerArgument(target))})`,
-        );
-      }
+      for (const [name, target] of wanted) await client.query(createTriggerSql(name, log, fieldCapture, target));
     });
     for (const target of targets) this.entities.set(target.schema.entity, { target, entity: this.catalog.entity(target.schema.entity) });
+  }
+
+  /**
+   * A field-synced table's columns changed (PostgresStore follows the
+   * schema): make its log trigger carry the new field list, in the caller's
+   * transaction (left alone when it already does: replacing it locks the
+   * log). Tables this store does not sync are left alone.
+   */
+  async reinstallTrigger(client: PoolClient, schema: TableSchema): Promise<void> {
+    if (!this.entities.has(schema.entity)) return;
+    const { log, fieldCapture } = this.catalog.names;
+    const target: FieldTarget = { schema, fields: fieldColumns(schema.columns) };
+    const name = `${TRIGGER_PREFIX}${schema.entity}`;
+    const existing = await client.query<{ args: Buffer }>(
+      `SELECT tgargs AS args FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2`,
+      [log, name],
+    );
+    const current = existing.rows[0];
+    if (current && Buffer.compare(current.args, Buffer.from(`${triggerArgument(target)}\0`, 'utf8')) === 0) return;
+    await client.query(`DROP TRIGGER IF EXISTS ${quoteIdent(name)} ON ${log}`);
+    await client.query(createTriggerSql(name, log, fieldCapture, target));
+  }
+
+  /** Serve a field-synced table with its new columns (the catalog adopted them first). */
+  adopt(schema: TableSchema): void {
+    if (!this.entities.has(schema.entity)) return;
+    const target: FieldTarget = { schema, fields: fieldColumns(schema.columns) };
+    this.entities.set(schema.entity, { target, entity: this.catalog.entity(schema.entity) });
   }
 
   /**
@@ -320,6 +345,12 @@ export class PostgresFieldStore implements FieldStore {
   async close(): Promise<void> {
     // The pool is the app's.
   }
+}
+
+/** The log trigger of one field-synced entity. */
+function createTriggerSql(name: string, log: string, fieldCapture: string, target: FieldTarget): string {
+  return `CREATE TRIGGER ${quoteIdent(name)} AFTER INSERT ON ${log} FOR EACH ROW WHEN (NEW.entity = ${literal(target.schema.entity)})
+    EXECUTE FUNCTION ${fieldCapture}(${literal(triggerArgument(target))})`;
 }
 
 /** The trigger's one argument: the field names (plain identifiers, so a comma list is unambiguous). */

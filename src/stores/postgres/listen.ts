@@ -9,10 +9,18 @@
  *
  * A NOTIFY sent while the connection is down reaches nobody, so every
  * (re)connect fires once and the watchers re-read the log from their cursor.
+ *
+ * The DDL event trigger (schema.ts) sends SCHEMA_NOTICE on the same channel
+ * after an ALTER TABLE of a synced table: that wakes `onSchema` instead. A
+ * (re)connect wakes it too (a notice may have been missed), and so does
+ * every safety poll (the store ignores those while the event trigger exists).
  */
 import type { Client, Pool } from 'pg';
 import { claimedVersionSql } from './horizon.js';
-import { NOTIFY_CHANNEL } from './schema.js';
+import { NOTIFY_CHANNEL, SCHEMA_NOTICE } from './schema.js';
+
+/** Why the store should look at the synced tables' shape. */
+export type SchemaCheck = 'notice' | 'reconnect' | 'poll';
 
 /** `application_name` of the LISTEN connection, so operators (and tests) can find it in pg_stat_activity. */
 export const LISTEN_APPLICATION_NAME = 'rhtmx-sync-listen';
@@ -37,6 +45,8 @@ export class LogWatcher {
     private readonly sequence: () => string,
     private readonly pollMs: number,
     private readonly onError: (error: unknown) => void,
+    /** Follow schema changes (see the file comment); must not throw. */
+    private readonly onSchema: (why: SchemaCheck) => void = () => {},
   ) {}
 
   /** Call `onChange` on every wake-up; returns the stop function. */
@@ -122,7 +132,7 @@ export class LogWatcher {
     };
     client.on('error', lost);
     client.on('end', () => lost());
-    client.on('notification', () => this.fire());
+    client.on('notification', (message) => (message.payload === SCHEMA_NOTICE ? this.onSchema('notice') : this.fire()));
     try {
       await client.connect();
       await client.query(`LISTEN ${NOTIFY_CHANNEL}`);
@@ -133,6 +143,7 @@ export class LogWatcher {
       this.listenBackoffMs = 100;
       // Whatever was committed while we were not listening sent its NOTIFY to nobody: catch up from the log.
       this.fire();
+      this.onSchema('reconnect');
     } catch (error) {
       lost(error);
     }
@@ -150,6 +161,7 @@ export class LogWatcher {
   /** Safety net: a missed NOTIFY (or one never sent) must not strand a change. */
   private async poll(): Promise<void> {
     if (this.closed) return;
+    this.onSchema('poll');
     try {
       const { rows } = await this.pool.query<{ claimed: string }>(claimedVersionSql(this.sequence()));
       const claimed = Number(rows[0]?.claimed ?? 0);

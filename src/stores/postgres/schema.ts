@@ -7,7 +7,7 @@
 import type { Pool, PoolClient } from 'pg';
 import { quoteIdent } from '../../core/config.js';
 import type { ColumnSchema } from '../../core/protocol.js';
-import { type EntityTarget, fieldClientKey, type TableSchema } from '../../core/store.js';
+import { type EntityTarget, fieldClientKey, shapeFingerprint, type TableSchema } from '../../core/store.js';
 import { transaction } from './transaction.js';
 
 /** The change log table (same name as on SQLite). */
@@ -27,14 +27,19 @@ const OBJECTS = {
   captureTruncate: '_rhtmx_sync_capture_truncate',
   fieldVersions: FIELD_VERSIONS_TABLE,
   fieldCapture: '_rhtmx_field_capture',
+  ddlNotify: '_rhtmx_sync_ddl',
 } as const;
 /** Quoted names of our objects, qualified with the schema they live in. */
 export type ObjectNames = Record<keyof typeof OBJECTS, string>;
 const TRIGGER_NAME = '_rhtmx_sync';
 /** The statement trigger that logs a TRUNCATE as one delete per row. */
 const TRUNCATE_TRIGGER_NAME = '_rhtmx_sync_truncate';
-/** The NOTIFY channel every capture trigger signals; the payload is always empty. */
+/** The NOTIFY channel every capture trigger signals; the payload is empty (a write) or SCHEMA_NOTICE. */
 export const NOTIFY_CHANNEL = 'rhtmx_sync';
+/** The payload the DDL event trigger sends after an ALTER TABLE of a synced table: every node re-introspects. */
+export const SCHEMA_NOTICE = 'schema';
+/** The database-wide event trigger that sends SCHEMA_NOTICE (creating it needs a superuser). */
+const DDL_TRIGGER_NAME = '_rhtmx_sync_ddl';
 /** Transaction-local setting a push stamps its log rows' client id with. */
 export const CLIENT_SETTING = 'rhtmx.client_id';
 /** Transaction-local setting a push stamps its log rows' HLC with. */
@@ -66,6 +71,14 @@ export interface PreparedEntity {
   rowJson: (alias: string) => string;
   /** SQL expression of the row's id as logged (`to_jsonb(pk) #>> '{}'`). */
   idText: (alias: string) => string;
+  /** The table's shape (`shapeFingerprint`): columns, types, key. */
+  fingerprint: number;
+}
+
+/** What following the schema found: tables whose shape changed, and those that could not be read. */
+export interface SchemaRefresh {
+  changed: TableSchema[];
+  failed: unknown[];
 }
 
 /** A SQL string literal. */
@@ -99,8 +112,8 @@ export function postgresColumnType(typname: string, category: string): ColumnSch
 export function rowJsonBuilder(schema: TableSchema): (alias: string) => string {
   const blobs = schema.columns.filter((column) => column.type === 'blob').map((column) => column.name);
   return (alias) => {
-    if (blobs.length === 0) return `to_jsonb(${alias})`;
-    const parts = [`to_jsonb(${alias})`];
+    if (blobs.length === 0) return `to_jsonb(${alias}.*)`;
+    const parts = [`to_jsonb(${alias}.*)`];
     for (let start = 0; start < blobs.length; start += JSON_PAIRS_PER_CALL) {
       const pairs = blobs
         .slice(start, start + JSON_PAIRS_PER_CALL)
@@ -115,6 +128,13 @@ export function rowJsonBuilder(schema: TableSchema): (alias: string) => string {
 export class Catalog {
   names!: ObjectNames;
   private readonly entities = new Map<string, PreparedEntity>();
+  private targets: EntityTarget[] = [];
+  /**
+   * The DDL event trigger is installed: an ALTER TABLE of a synced table
+   * wakes every node at once. Without it (no superuser to create it) the
+   * store looks for schema changes on its safety poll.
+   */
+  followsDdl = false;
 
   constructor(
     /** The app's pool. The store borrows clients from it and never ends it. */
@@ -164,16 +184,167 @@ export class Catalog {
       if (found.rows[0]?.legacy) await migrateFieldClients(client, names.clients, legacyClients);
       await client.query(captureFunctionDdl(names));
       await client.query(truncateFunctionDdl(names));
-      const schemas: TableSchema[] = [];
+      this.followsDdl = await installDdlTrigger(client, names);
+      const prepared: PreparedEntity[] = [];
       for (const target of targets) {
-        const prepared = await introspect(client, target);
-        await installTrigger(client, prepared, names.capture);
-        await installTruncateTrigger(client, prepared, names.captureTruncate);
-        this.entities.set(prepared.schema.entity, prepared);
-        schemas.push(prepared.schema);
+        const entity = await introspect(client, target);
+        await installTrigger(client, entity, names.capture);
+        await installTruncateTrigger(client, entity, names.captureTruncate);
+        prepared.push(entity);
       }
-      return schemas;
+      // A table whose shape differs from the one recorded (migrated while no node ran) gets a new horizon.
+      await recordShapes(client, names, prepared);
+      this.targets = targets;
+      for (const entity of prepared) this.entities.set(entity.schema.entity, entity);
+      return prepared.map((entity) => entity.schema);
     });
+  }
+
+  /**
+   * Follow DDL made by anyone (a migration, psql, another node): introspect
+   * the synced tables again. Those whose shape differs from what this catalog
+   * serves get, under the install lock and in one transaction, their triggers
+   * made to match (capture, TRUNCATE, and `reinstall`'s: the field trigger),
+   * and a new must-refetch horizon and their new fingerprint unless another
+   * node recorded that shape already; from then on they are served with their new columns.
+   * Returns the tables whose shape changed since this catalog last saw them.
+   */
+  async refresh(reinstall: (client: PoolClient, schema: TableSchema) => Promise<void>): Promise<SchemaRefresh> {
+    const result: SchemaRefresh = { changed: [], failed: [] };
+    // A look without locks first: most wake-ups (a reconnect, a poll) change nothing.
+    const moved: EntityTarget[] = [];
+    const client = await this.pool.connect();
+    try {
+      for (const target of this.targets) {
+        try {
+          const prepared = await introspect(client, target);
+          if (prepared.fingerprint !== this.entities.get(target.entity)?.fingerprint) moved.push(target);
+        } catch (error) {
+          result.failed.push(error);
+        }
+      }
+    } finally {
+      client.release();
+    }
+    if (moved.length === 0) return result;
+    const found = await transaction(this.pool, async (client) => {
+      await client.query(`SELECT pg_advisory_xact_lock(hashtext('rhtmx_sync:init'))`);
+      const found: PreparedEntity[] = [];
+      for (const target of moved) found.push(await introspect(client, target));
+      // Each step leaves a trigger that already matches alone, so a node that comes second changes nothing
+      // (and one that started with the old shape mends what it installed).
+      for (const prepared of found) {
+        await installTrigger(client, prepared, this.names.capture);
+        await installTruncateTrigger(client, prepared, this.names.captureTruncate);
+        await reinstall(client, prepared.schema);
+      }
+      const recorded = await recordedShapes(client, this.names, found);
+      await recordShapes(
+        client,
+        this.names,
+        found.filter((prepared) => recorded.get(prepared.schema.entity) !== prepared.fingerprint),
+      );
+      return found;
+    });
+    for (const prepared of found) {
+      this.entities.set(prepared.schema.entity, prepared);
+      result.changed.push(prepared.schema);
+    }
+    return result;
+  }
+}
+
+/** Meta key of an entity's recorded shape. */
+const shapeKey = (entity: string): string => `shape:${entity}`;
+
+/** The recorded fingerprint of each table's shape (absent: never recorded). */
+async function recordedShapes(client: PoolClient, names: ObjectNames, found: PreparedEntity[]): Promise<Map<string, number>> {
+  const { rows } = await client.query<{ key: string; value: string }>(`SELECT key, value::text FROM ${names.meta} WHERE key = ANY ($1)`, [
+    found.map((prepared) => shapeKey(prepared.schema.entity)),
+  ]);
+  return new Map(rows.map((row) => [row.key.slice('shape:'.length), Number(row.value)]));
+}
+
+/**
+ * Persist each table's fingerprint; those that differ from the recorded one
+ * (clients may hold rows of the old shape) get one new version as their
+ * must-refetch horizon (`pruned_through:<entity>`, which `retainedSince`
+ * reads and cursors count). The version is claimed like a writer claims one,
+ * holding an xid and the log's RowExclusiveLock first (horizon.ts), so no
+ * cursor passes it before this transaction commits: every cursor handed out
+ * before is below it. A table seen for the first time only records its shape.
+ */
+/**
+ * Give these entities one new version as their must-refetch horizon, claimed
+ * like a writer claims one (an xid and the log's RowExclusiveLock first,
+ * horizon.ts), so no cursor passes it before the transaction commits: every
+ * cursor handed out before is below it.
+ */
+export async function raiseHorizon(client: PoolClient, names: ObjectNames, entities: readonly string[]): Promise<number> {
+  await client.query('SELECT pg_current_xact_id()');
+  await client.query(`LOCK TABLE ${names.log} IN ROW EXCLUSIVE MODE`);
+  const { rows } = await client.query<{ horizon: string }>(`SELECT nextval(${literal(names.sequence)})::text AS horizon`);
+  await client.query(
+    `INSERT INTO ${names.meta} AS m (key, value)
+       SELECT prefix || entity, $2::bigint FROM unnest($1::text[]) AS entity, unnest(ARRAY['pruned_through:', 'raised:']) AS prefix
+       ON CONFLICT (key) DO UPDATE SET value = GREATEST(m.value, EXCLUDED.value)`,
+    [entities, rows[0]?.horizon],
+  );
+  return Number(rows[0]?.horizon);
+}
+
+async function recordShapes(client: PoolClient, names: ObjectNames, found: PreparedEntity[]): Promise<void> {
+  if (found.length === 0) return;
+  const recorded = await recordedShapes(client, names, found);
+  const changed = found.filter((prepared) => {
+    const before = recorded.get(prepared.schema.entity);
+    return before !== undefined && before !== prepared.fingerprint;
+  });
+  if (changed.length > 0)
+    await raiseHorizon(
+      client,
+      names,
+      changed.map((prepared) => prepared.schema.entity),
+    );
+  await client.query(
+    `INSERT INTO ${names.meta} (key, value) SELECT k, v FROM unnest($1::text[], $2::bigint[]) AS s(k, v)
+       ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value`,
+    [found.map((prepared) => shapeKey(prepared.schema.entity)), found.map((prepared) => String(prepared.fingerprint))],
+  );
+}
+
+/**
+ * The event trigger that wakes every node after an ALTER TABLE of a synced
+ * table (one carrying our capture trigger): NOTIFY on our channel with
+ * SCHEMA_NOTICE, sent when the migration commits. It never fails the app's
+ * DDL. Creating an event trigger needs a superuser: without one, this returns
+ * false and the store looks for changes on its poll instead.
+ */
+async function installDdlTrigger(client: PoolClient, names: ObjectNames): Promise<boolean> {
+  const existing = await client.query('SELECT 1 FROM pg_event_trigger WHERE evtname = $1', [DDL_TRIGGER_NAME]);
+  await client.query('SAVEPOINT rhtmx_ddl');
+  try {
+    await client.query(`
+      CREATE OR REPLACE FUNCTION ${names.ddlNotify}() RETURNS event_trigger LANGUAGE plpgsql AS $rhtmx$
+      BEGIN
+        IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c JOIN pg_trigger t ON t.tgrelid = c.objid
+                    WHERE c.classid = 'pg_class'::regclass AND t.tgname = ${literal(TRIGGER_NAME)}) THEN
+          PERFORM pg_notify(${literal(NOTIFY_CHANNEL)}, ${literal(SCHEMA_NOTICE)});
+        END IF;
+      EXCEPTION WHEN OTHERS THEN
+        -- Never fail a migration: one wake-up too many costs an introspection.
+        PERFORM pg_notify(${literal(NOTIFY_CHANNEL)}, ${literal(SCHEMA_NOTICE)});
+      END $rhtmx$`);
+    if (existing.rowCount === 0) {
+      await client.query(
+        `CREATE EVENT TRIGGER ${quoteIdent(DDL_TRIGGER_NAME)} ON ddl_command_end WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION ${names.ddlNotify}()`,
+      );
+    }
+    await client.query('RELEASE SAVEPOINT rhtmx_ddl');
+    return true;
+  } catch {
+    await client.query('ROLLBACK TO SAVEPOINT rhtmx_ddl; RELEASE SAVEPOINT rhtmx_ddl');
+    return existing.rowCount !== null && existing.rowCount > 0;
   }
 }
 
@@ -236,15 +407,26 @@ function captureFunctionDdl({ log, sequence, capture }: ObjectNames): string {
                                floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint * 4096);
       -- Taken before nextval: readers rely on a writer's xid existing before its version.
       v_txid xid8 := pg_current_xact_id();
-      v_data jsonb;
+      v_data jsonb; v_old jsonb;
       v_old_id text; v_new_id text; v_hex text;
     BEGIN
       IF TG_OP <> 'INSERT' THEN
-        v_old_id := to_jsonb(OLD) ->> v_key;
+        v_old := to_jsonb(OLD);
       END IF;
       IF TG_OP <> 'DELETE' THEN
         v_data := to_jsonb(NEW);
+      END IF;
+      -- The key column was renamed and the engine has not re-installed this trigger yet (it follows
+      -- ALTER TABLE within moments): the table's primary key now, so no write fails meanwhile.
+      IF NOT COALESCE(v_data, v_old) ? v_key THEN
+        SELECT a.attname INTO v_key FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = TG_RELID AND i.indisprimary AND i.indnatts = 1;
+      END IF;
+      v_old_id := v_old ->> v_key;
+      IF TG_OP <> 'DELETE' THEN
         FOR i IN 2 .. TG_NARGS - 1 LOOP
+          -- A bytea column dropped or renamed since the trigger was installed: nothing to encode.
+          CONTINUE WHEN NOT v_data ? TG_ARGV[i];
           EXECUTE format('SELECT upper(encode(($1).%I, ''hex''))', TG_ARGV[i]) INTO v_hex USING NEW;
           v_data := jsonb_set(v_data, ARRAY[TG_ARGV[i]], COALESCE(to_jsonb(v_hex), 'null'::jsonb));
         END LOOP;
@@ -318,6 +500,10 @@ async function introspect(client: PoolClient, target: EntityTarget): Promise<Pre
   };
   return {
     schema,
+    fingerprint: shapeFingerprint(
+      schema,
+      info.map((column) => column.type),
+    ),
     table: `${quoteIdent(relation.schema)}.${quoteIdent(relation.relation)}`,
     key: quoteIdent(primaryKey),
     keyIsInteger: columns.get(primaryKey)?.schema.type === 'integer',

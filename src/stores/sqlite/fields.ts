@@ -17,6 +17,7 @@
  * delete's version and HLC, so deletes are ordered against later updates.
  */
 import { quoteIdent } from '../../core/config.js';
+import { fieldColumns } from '../../core/field/validation.js';
 import { type FieldChange, ROW_FIELD, type Row } from '../../core/protocol.js';
 import type { SchemaIssue } from '../../core/standard-schema.js';
 import {
@@ -39,6 +40,7 @@ import {
   type StoredOutcome,
   storedFieldOutcome,
   storedFor,
+  type TableSchema,
   type WriteStamp,
 } from '../../core/store.js';
 import { type PushPlan, type PushScope, runPush } from './push.js';
@@ -93,7 +95,7 @@ function triggerSql(target: FieldTarget): string {
           FROM (VALUES ${fields}) AS c WHERE NEW.action <> 'delete'
           ${upsert(`NEW.action = 'create' OR ${FV}.value IS NOT excluded.value`)}`;
   return `
-    CREATE TRIGGER ${quoteIdent(`${TRIGGER_PREFIX}${target.schema.entity}`)} AFTER INSERT ON ${LOG_TABLE}
+    CREATE TRIGGER ${triggerName(target.schema.entity)} AFTER INSERT ON ${LOG_TABLE}
     WHEN NEW.entity = ${literal(target.schema.entity)} BEGIN
       ${fieldStatements}
       INSERT INTO ${FV} (entity, entity_id, field, version, hlc, client_id, value)
@@ -102,6 +104,8 @@ function triggerSql(target: FieldTarget): string {
       DELETE FROM ${FV} WHERE NEW.action = 'delete' AND ${same} AND field <> '*';
     END;`;
 }
+
+const triggerName = (entity: string): string => quoteIdent(`${TRIGGER_PREFIX}${entity}`);
 
 /** The FieldStore of SqliteStore (same database handle, same Catalog). */
 export class SqliteFieldStore implements FieldStore {
@@ -136,6 +140,22 @@ export class SqliteFieldStore implements FieldStore {
     })();
     this.s = this.prepare();
     for (const target of targets) this.targets.set(target.schema.entity, target);
+  }
+
+  /**
+   * A field-synced table's columns changed (SqliteStore follows the schema):
+   * re-create its log trigger for the new field list, inside the caller's
+   * transaction. Tables this store does not sync are left alone.
+   */
+  reinstallTrigger(schema: TableSchema): void {
+    if (!this.targets.has(schema.entity)) return;
+    this.catalog.db.exec(`DROP TRIGGER IF EXISTS ${triggerName(schema.entity)}`);
+    this.catalog.db.exec(triggerSql({ schema, fields: fieldColumns(schema.columns) }));
+  }
+
+  /** Serve a field-synced table with its new columns from now on. */
+  adopt(schema: TableSchema): void {
+    if (this.targets.has(schema.entity)) this.targets.set(schema.entity, { schema, fields: fieldColumns(schema.columns) });
   }
 
   private prepare() {

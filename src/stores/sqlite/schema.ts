@@ -10,7 +10,7 @@
 import type BetterSqlite3 from 'better-sqlite3';
 import { quoteIdent } from '../../core/config.js';
 import type { ChangeAction, ColumnSchema, Row } from '../../core/protocol.js';
-import { type EntityTarget, fieldClientKey, type TableSchema, type WriteStamp } from '../../core/store.js';
+import { type EntityTarget, fieldClientKey, shapeFingerprint, type TableSchema, type WriteStamp } from '../../core/store.js';
 
 export type Database = BetterSqlite3.Database;
 export type Statement = BetterSqlite3.Statement;
@@ -25,7 +25,11 @@ export const OUTCOMES_TABLE = '_rhtmx_sync_outcomes';
 export const FIELD_VERSIONS_TABLE = '_rhtmx_field_versions';
 /** One-row table a push fills so triggers can stamp its writes with the client id and HLC. */
 export const CONTEXT_TABLE = '_rhtmx_sync_context';
-/** Small counters: `pruned_through:<entity>`, the newest delete cleanup pruned. */
+/**
+ * Small counters: `pruned_through:<entity>`, the entity's must-refetch horizon (the newest delete
+ * cleanup pruned, or the version a schema change reserved; older cursors get a reset), and
+ * `shape:<entity>`, the fingerprint of the table's columns the triggers were last installed for.
+ */
 export const META_TABLE = '_rhtmx_sync_meta';
 /** Where the previous version kept field pushes' records; migrated into CLIENTS_TABLE at init. */
 const OLD_FIELD_CLIENTS_TABLE = '_rhtmx_field_clients';
@@ -52,7 +56,7 @@ function jsonValueExpression(column: ColumnSchema, ref: string): string {
     case 'boolean':
       return `CASE WHEN ${ref} IS NULL THEN NULL WHEN ${ref} THEN json('true') ELSE json('false') END`;
     case 'blob':
-      return `hex(${ref})`;
+      return `CASE WHEN ${ref} IS NULL THEN NULL ELSE hex(${ref}) END`;
     case 'json':
       return `CASE WHEN json_valid(${ref}) THEN json(${ref}) ELSE ${ref} END`;
     default:
@@ -62,6 +66,18 @@ function jsonValueExpression(column: ColumnSchema, ref: string): string {
 
 /** A SQL string literal. */
 export const literal = (text: string): string => `'${text.replaceAll("'", "''")}'`;
+
+/** A synced table as introspected: its schema and the fingerprint of its shape. */
+interface Shape {
+  schema: TableSchema;
+  fingerprint: number;
+}
+
+/** What following the schema found: tables whose shape changed, and those that could not be read. */
+export interface SchemaRefresh {
+  changed: TableSchema[];
+  failed: unknown[];
+}
 
 /** A row's latest log entry: who wrote it and when, and what it did. */
 export interface LastEntry extends WriteStamp {
@@ -157,6 +173,11 @@ const bindable = (value: unknown): unknown => (typeof value === 'boolean' ? Numb
 /** The synced tables of one database and the statements every part of the store shares. */
 export class Catalog {
   private readonly entities = new Map<string, SyncedTable>();
+  /** The configured tables, and the shape each was last seen with. */
+  private targets: EntityTarget[] = [];
+  private readonly shapes = new Map<string, number>();
+  /** `PRAGMA schema_version` when the shapes were last checked; it moves with every DDL, by anyone. */
+  private schemaVersion = -1;
   readonly s: ReturnType<Catalog['prepareShared']>;
 
   constructor(readonly db: Database) {
@@ -210,21 +231,110 @@ export class Catalog {
       setMeta: db.prepare(
         `INSERT INTO ${META_TABLE} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)`,
       ),
+      putMeta: db.prepare(`INSERT INTO ${META_TABLE} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`),
+      schemaVersion: db.prepare('SELECT schema_version FROM pragma_schema_version').pluck(),
+      // A version no change takes: the horizon a schema change reserves (AUTOINCREMENT continues above it).
+      reserveVersion: db.prepare(`UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = '${LOG_TABLE}'`),
     };
   }
 
-  /** Introspect the tables, (re)install their triggers and prepare their statements; migrate old records first. */
+  /**
+   * Introspect the tables, (re)install their triggers and prepare their
+   * statements; migrate old records first. A table whose shape differs from
+   * the one recorded (a migration ran while no engine did) gets a new
+   * must-refetch horizon in the same transaction.
+   */
   install(targets: EntityTarget[]): TableSchema[] {
     this.migrateFieldClients();
-    const schemas = this.db.transaction(() =>
-      targets.map((target) => {
-        const schema = this.introspect(target);
-        this.installTriggers(schema);
-        return schema;
-      }),
-    )();
-    for (const schema of schemas) this.entities.set(schema.entity, prepareTable(this.db, schema));
-    return schemas;
+    this.targets = targets;
+    const shapes = this.db
+      .transaction(() => {
+        const found = targets.map((target) => this.introspect(target));
+        for (const shape of found) this.installTriggers(shape.schema);
+        this.recordShapes(found);
+        this.schemaVersion = this.s.schemaVersion.get() as number;
+        return found;
+      })
+      .immediate();
+    for (const shape of shapes) this.adopt(shape);
+    return shapes.map((shape) => shape.schema);
+  }
+
+  /**
+   * Follow DDL made by anyone (this connection, another one, another
+   * process): when `PRAGMA schema_version` moved, introspect the synced
+   * tables again. A table whose shape changed gets, in one transaction, its
+   * capture triggers re-installed (and `reinstall`'s, the field trigger), and
+   * a new must-refetch horizon and its new fingerprint unless another engine
+   * on this database recorded that shape already; then its statements are
+   * prepared again. Returns the tables whose shape changed since this catalog last saw them.
+   */
+  refresh(reinstall: (schema: TableSchema) => void = () => {}): SchemaRefresh {
+    const result: SchemaRefresh = { changed: [], failed: [] };
+    if ((this.s.schemaVersion.get() as number) === this.schemaVersion) return result;
+    const shapes = this.db
+      .transaction(() => {
+        const moved: Shape[] = [];
+        for (const target of this.targets) {
+          let shape: Shape;
+          try {
+            shape = this.introspect(target);
+          } catch (error) {
+            result.failed.push(error);
+            continue;
+          }
+          if (shape.fingerprint !== this.shapes.get(target.entity)) moved.push(shape);
+        }
+        // Another engine on this file may have done this already: doing it again is harmless (and mends
+        // the triggers of one that started with the old shape); the horizon is raised once per shape.
+        for (const shape of moved) {
+          this.installTriggers(shape.schema);
+          reinstall(shape.schema);
+        }
+        this.recordShapes(moved.filter((shape) => this.s.getMeta.get(shapeKey(shape.schema.entity)) !== shape.fingerprint));
+        // Read last: our own trigger DDL moved it too.
+        this.schemaVersion = this.s.schemaVersion.get() as number;
+        return moved;
+      })
+      .immediate();
+    for (const shape of shapes) {
+      this.adopt(shape);
+      result.changed.push(shape.schema);
+    }
+    return result;
+  }
+
+  /**
+   * Persist each table's fingerprint; those that differ from the recorded one
+   * (clients may hold rows of the old shape) get one new version as their
+   * must-refetch horizon: every cursor handed out so far is below it. A table
+   * seen for the first time only records its shape.
+   */
+  private recordShapes(shapes: Shape[]): void {
+    const changed = shapes.filter((shape) => {
+      const recorded = this.s.getMeta.get(shapeKey(shape.schema.entity)) as number | undefined;
+      return recorded !== undefined && recorded !== shape.fingerprint;
+    });
+    if (changed.length > 0) this.raiseHorizon(changed.map((shape) => shape.schema.entity));
+    for (const shape of shapes) this.s.putMeta.run(shapeKey(shape.schema.entity), shape.fingerprint);
+  }
+
+  /** Give these entities one new version as their must-refetch horizon: every cursor handed out so far is below it. */
+  raiseHorizon(entities: readonly string[]): number {
+    return this.db.transaction(() => {
+      this.s.reserveVersion.run();
+      const horizon = this.currentVersion();
+      for (const entity of entities) {
+        this.s.setMeta.run(`pruned_through:${entity}`, horizon);
+        this.s.setMeta.run(`raised:${entity}`, horizon);
+      }
+      return horizon;
+    })();
+  }
+
+  private adopt(shape: Shape): void {
+    this.entities.set(shape.schema.entity, prepareTable(this.db, shape.schema));
+    this.shapes.set(shape.schema.entity, shape.fingerprint);
   }
 
   /**
@@ -246,7 +356,7 @@ export class Catalog {
       .immediate();
   }
 
-  private introspect(target: EntityTarget): TableSchema {
+  private introspect(target: EntityTarget): Shape {
     type Info = { name: string; type: string; not_null: number; pk: number };
     const info = this.db.prepare('SELECT name, type, "notnull" AS not_null, pk FROM pragma_table_info(?)').all(target.table) as Info[];
     if (info.length === 0) throw new Error(`rhtmx-sync: table ${target.table} does not exist`);
@@ -264,7 +374,14 @@ export class Catalog {
       nullable: column.not_null === 0 && column.name !== primaryKey,
       primaryKey: column.name === primaryKey,
     }));
-    return { entity: target.entity, table: target.table, primaryKey, columns };
+    const schema: TableSchema = { entity: target.entity, table: target.table, primaryKey, columns };
+    return {
+      schema,
+      fingerprint: shapeFingerprint(
+        schema,
+        info.map((column) => column.type),
+      ),
+    };
   }
 
   /** Drop and recreate the triggers so they match the table's current columns. */
@@ -308,6 +425,9 @@ export class Catalog {
     return this.s.maxVersion.get() as number;
   }
 }
+
+/** Meta key of an entity's recorded shape. */
+const shapeKey = (entity: string): string => `shape:${entity}`;
 
 function rowJsonBuilder(schema: TableSchema): (alias: string) => string {
   return (alias) =>

@@ -5,6 +5,9 @@
  * The poll reads the log's AUTOINCREMENT counter (one row lookup) rather than
  * `PRAGMA data_version`: data_version changes only for other connections'
  * commits, so it would miss the app's own writes on the engine's connection.
+ * The same tick runs `followSchema`: a cheap `PRAGMA schema_version` look
+ * that re-introspects the synced tables only when some DDL happened (by
+ * anyone, on any connection), see Catalog.refresh.
  */
 
 /** Polls the log's version and calls every watcher when it moved. */
@@ -16,6 +19,8 @@ export class LogWatcher {
   constructor(
     private readonly currentVersion: () => number,
     private readonly pollMs: number,
+    /** Called first on every tick: follow DDL (it may move the version, which this tick then reports). */
+    private readonly followSchema: () => void = () => {},
   ) {}
 
   /** Call `onChange` soon after any committed write to the log. Returns a stop function. */
@@ -35,6 +40,7 @@ export class LogWatcher {
   private poll(): void {
     let latest: number;
     try {
+      this.followSchema();
       latest = this.currentVersion();
     } catch {
       return; // database busy or closing: try again next tick
