@@ -2,6 +2,7 @@
  * Test harness: real SQLite files, real HTTP servers on loopback, real
  * WebSocket and EventSource-style clients. Nothing is mocked.
  */
+import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -12,6 +13,9 @@ import WebSocket from 'ws';
 import { nodeHandler } from '../src/adapters/node.js';
 import type { SyncEngineOptions } from '../src/core/config.js';
 import { SyncEngine } from '../src/engine.js';
+
+/** What changes say of the client that pushed them: a digest, never its id (core/access.ts writerOf), computed independently here. */
+export const writer = (clientId: string): string => `#${createHash('sha256').update(clientId).digest('hex').slice(0, 32)}`;
 
 export const TODOS_SQL = `CREATE TABLE IF NOT EXISTS todos (
   id TEXT PRIMARY KEY,
@@ -106,6 +110,13 @@ export async function waitFor<T>(check: () => T | Promise<T>, ms = 5000, what = 
   }
 }
 
+/**
+ * A live URL as our own client opens it: declaring the batch protocol
+ * (core/protocol.ts BATCH_QUERY), unless the URL already says `protocol=`.
+ * Without it the server frames live changes for the original crate's clients.
+ */
+export const batchUrl = (url: string): string => (/[?&]protocol=/.test(url) ? url : `${url}${url.includes('?') ? '&' : '?'}protocol=2`);
+
 /** A WebSocket client that records every message and can await replies by `ref` or type. */
 export class WsClient {
   readonly messages: any[] = [];
@@ -115,7 +126,7 @@ export class WsClient {
   }
 
   static async connect(url: string, options?: WebSocket.ClientOptions): Promise<WsClient> {
-    const socket = new WebSocket(url, options);
+    const socket = new WebSocket(batchUrl(url), options);
     const client = new WsClient(socket);
     await new Promise<void>((resolve, reject) => {
       socket.once('open', () => resolve());
@@ -159,7 +170,7 @@ export class SseClient {
 
   private async run(url: string, headers: Record<string, string>): Promise<void> {
     try {
-      const response = await fetch(url, { headers, signal: this.controller.signal });
+      const response = await fetch(batchUrl(url), { headers, signal: this.controller.signal });
       this.status = response.status;
       this.headers = response.headers;
       if (!response.body) return;

@@ -270,7 +270,8 @@ describe('WebSocket limits by cost', () => {
     const since = await server.engine.currentVersion();
     await seed(server, 3000);
     const total = (await server.engine.currentVersion()) - since;
-    const client = await RawSocket.open(server.wsUrl);
+    // Our client's batch protocol (an undeclared socket gets one message per change).
+    const client = await RawSocket.open(`${server.wsUrl}?protocol=2`);
     track(client.ws);
     client.ws.send(JSON.stringify({ type: 'subscribe', entities: ['todos'], since, ref: 1 }));
     const changes = () => client.messages.filter((m) => m.type === 'change').reduce((sum, m) => sum + m.changes.length, 0);

@@ -3,7 +3,10 @@
  *
  * Each live batch is one event whose `id:` is the log version it brings the
  * client up to, so a reconnecting EventSource resumes exactly where it left
- * off with Last-Event-ID. A consumer that stops reading is not buffered
+ * off with Last-Event-ID. That is the batch protocol, which our client
+ * declares with `?protocol=2`; a stream that declares nothing is a client of
+ * the original crate and gets one `event: sync` per change instead, its data
+ * the change itself, its `id:` the cursor after it (@compat). A consumer that stops reading is not buffered
  * without bound: past `maxBufferedBytes` the stream ends and the client
  * reconnects and catches up from the log.
  *
@@ -15,7 +18,7 @@
 import type { ServerResponse } from 'node:http';
 import { type LiveScope, reauthorize } from '../core/access.js';
 import type { Authorize, SyncUser } from '../core/config.js';
-import { type ChangeHub, EntityFilter, type LiveBatch } from '../core/hub.js';
+import { type ChangeHub, declaredFraming, EntityFilter, type Framing } from '../core/hub.js';
 import type { LiveSession, LiveSessions } from '../core/sessions.js';
 
 export interface EventStreamOptions {
@@ -47,8 +50,15 @@ interface EventSink {
 }
 
 const encoder = new TextEncoder();
-const frameFor = (batch: LiveBatch, filter: EntityFilter) =>
-  batch.framed(filter, 'sse', (message, version) => encoder.encode(`id: ${version}\ndata: ${message}\n\n`));
+
+/** The event-stream framings: one unnamed event per batch (`?protocol=2`), or one `event: sync` per change (@compat). */
+const SSE_FRAMINGS = {
+  batch: { key: 'sse', batch: (message, version) => encoder.encode(`id: ${version}\ndata: ${message}\n\n`) },
+  each: {
+    key: 'sse-each',
+    each: (changes) => encoder.encode(changes.map(({ json, version }) => `id: ${version}\nevent: sync\ndata: ${json}\n\n`).join('')),
+  },
+} satisfies Record<'batch' | 'each', Framing<Uint8Array>>;
 
 const PING = encoder.encode(': ping\n\n');
 
@@ -98,7 +108,11 @@ class EventStreamSession implements LiveSession {
   private cursor = 0;
   private closed = false;
 
-  constructor(private readonly options: EventStreamOptions) {
+  constructor(
+    private readonly options: EventStreamOptions,
+    /** How live changes are framed: the protocol the stream's URL declared. */
+    private readonly framing: Framing<Uint8Array>,
+  ) {
     this.user = options.user;
     this.filter = this.filterFor(options.user);
   }
@@ -135,7 +149,7 @@ class EventStreamSession implements LiveSession {
         filter,
         deliver: (batch, version, paced) => {
           this.cursor = version;
-          const frame = frameFor(batch, filter);
+          const frame = batch.framed(filter, this.framing);
           if (frame) this.send(frame, !paced);
         },
         end: () => this.close(),
@@ -203,8 +217,20 @@ class EventStreamSession implements LiveSession {
 /** Set on event-stream responses so the node:http bridge can claim them (see `claimNodeEventStream`). */
 const SESSION = Symbol('rhtmx.eventStream');
 
+/**
+ * The event stream for one request. A `?protocol=` it does not know is
+ * refused (400) before the stream starts: `onClose` has then run, so the
+ * caller's connection slot is given back.
+ */
 export function openEventStream(options: EventStreamOptions): Response {
-  const session = new EventStreamSession(options);
+  let framing: Framing<Uint8Array>;
+  try {
+    framing = SSE_FRAMINGS[declaredFraming(options.request ? new URL(options.request.url).searchParams : new URLSearchParams())];
+  } catch (error) {
+    options.onClose?.();
+    throw error;
+  }
+  const session = new EventStreamSession(options, framing);
   let claimed: 'web' | 'node' | null = null;
   let claimWeb: (() => void) | null = null;
   // Resolved by `pull`, which the stream calls when its reader has taken bytes.

@@ -5,7 +5,7 @@
  * is missed. Reconnects back off exponentially with full jitter, so a server
  * restart is not followed by every client reconnecting in the same second.
  */
-import type { ClientMessage, LiveChangeMessage, ServerMessage } from '../../core/protocol.js';
+import type { BATCH_QUERY, ClientMessage, LiveChangeMessage, ServerMessage } from '../../core/protocol.js';
 import { rpc } from './rpc.js';
 
 /** What `rhtmx:connection:state` reports. */
@@ -81,7 +81,9 @@ export function connect(options: ConnectionOptions): Connection {
   };
 
   const openSocket = (current: number) => {
-    const ws = new WebSocket(`${options.base.replace(/^http/, 'ws')}/ws`);
+    // The batch protocol's declaration (core/protocol.ts BATCH_QUERY, checked by type: a value import would pull
+    // protocol.ts's other constants into the bundle). Without it the server sends one change per message.
+    const ws = new WebSocket(`${options.base.replace(/^http/, 'ws')}/ws?${'protocol=2' satisfies typeof BATCH_QUERY}`);
     socket = ws;
     let opened = false;
     let heard = Date.now();
@@ -130,7 +132,9 @@ export function connect(options: ConnectionOptions): Connection {
       return;
     }
     if (current !== generation) return;
-    const es = new EventSource(`${options.base}/events?entities=${encodeURIComponent(options.entities().join(','))}&since=${since}`);
+    const es = new EventSource(
+      `${options.base}/events?${'protocol=2' satisfies typeof BATCH_QUERY}&entities=${encodeURIComponent(options.entities().join(','))}&since=${since}`,
+    );
     source = es;
     let opened = false;
     es.onopen = () => {

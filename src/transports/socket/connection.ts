@@ -7,7 +7,7 @@ import { type WebSocket, WebSocketServer } from 'ws';
 import { reauthorize } from '../../core/access.js';
 import type { Authorize, SyncLimits, SyncUser } from '../../core/config.js';
 import { toSyncError } from '../../core/errors.js';
-import { EntityFilter, type Family, type LiveBatch } from '../../core/hub.js';
+import { EntityFilter, type Family, type Framing, type LiveBatch } from '../../core/hub.js';
 import { CloseCode } from '../../core/protocol.js';
 import { Budget, type LiveSession } from '../../core/sessions.js';
 
@@ -45,6 +45,8 @@ export class SyncConnection implements LiveSession {
     readonly family: Family,
     /** The principal's row budget, shared with its other sockets. */
     private readonly rows: Budget,
+    /** How live changes are framed for this socket: the protocol its URL declared (`?protocol=`). */
+    readonly framing: Framing<Buffer[]>,
   ) {
     this.filter = new EntityFilter(new Set(), false, undefined, family);
     this.messages = new Budget(limits.wsMessagesPerSecond);
@@ -66,9 +68,19 @@ export class SyncConnection implements LiveSession {
    * is below half the bound, so they are bounded by that pacing instead.
    */
   send(message: object | string | Buffer, live = false, paced = false): boolean {
-    if (!this.open) return false;
     const data = typeof message === 'string' || Buffer.isBuffer(message) ? message : JSON.stringify(message);
-    const size = typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
+    return this.sendAll([data], live, paced);
+  }
+
+  /**
+   * Send the frames of one batch (one, or one per change for a client of the
+   * original crate) as one unit: counted together against `maxBufferedBytes`,
+   * woken once when the last is written.
+   */
+  sendAll(frames: ReadonlyArray<string | Buffer>, live = false, paced = false): boolean {
+    if (!this.open || frames.length === 0) return false;
+    let size = 0;
+    for (const frame of frames) size += typeof frame === 'string' ? Buffer.byteLength(frame) : frame.byteLength;
     const queued = this.socket.bufferedAmount;
     if (!paced && queued > 0 && queued + size > this.limits.maxBufferedBytes) {
       this.close(CloseCode.SlowConsumer, 'slow consumer: reconnect and pull');
@@ -76,7 +88,9 @@ export class SyncConnection implements LiveSession {
     }
     // A live batch goes to every subscriber: deflating it would be per-client work (and queue
     // behind zlib's thread pool), so it is sent as encoded once; replies may be compressed.
-    this.socket.send(data, { binary: false, compress: !live }, () => this.wakeDrainWaiters());
+    const last = frames.length - 1;
+    for (let index = 0; index < last; index++) this.socket.send(frames[index] as string | Buffer, { binary: false, compress: !live });
+    this.socket.send(frames[last] as string | Buffer, { binary: false, compress: !live }, () => this.wakeDrainWaiters());
     return true;
   }
 
@@ -183,6 +197,21 @@ export function createSocketServer(limits: SyncLimits): WebSocketServer {
   });
 }
 
-/** The bytes of a batch's message for one filter, shared by every socket with that filter; null when nothing concerns it. */
-export const liveBytes = (batch: LiveBatch, filter: EntityFilter): Buffer | null =>
-  batch.framed(filter, 'ws', (message) => Buffer.from(message));
+/**
+ * The WebSocket framings of live changes: `batch`, one message per batch (the
+ * protocol our client declares), and `each`, one `{"type","version","change"}`
+ * message per change (@compat the original crate's clients, which declare
+ * nothing and read only `change`).
+ */
+export const WS_FRAMINGS = {
+  batch: { key: 'ws', batch: (message) => [Buffer.from(message)] },
+  each: {
+    key: 'ws-each',
+    each: (changes, family) =>
+      changes.map(({ json, version }) => Buffer.from(`{"type":${JSON.stringify(family)},"version":${version},"change":${json}}`)),
+  },
+} satisfies Record<'batch' | 'each', Framing<Buffer[]>>;
+
+/** The frames of a batch for one filter, shared by every socket with that filter and framing; null when nothing concerns it. */
+export const liveFrames = (batch: LiveBatch, filter: EntityFilter, framing: Framing<Buffer[]>): Buffer[] | null =>
+  batch.framed(filter, framing);

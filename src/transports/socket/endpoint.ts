@@ -31,13 +31,13 @@ import type { WebSocket } from 'ws';
 import type { LiveScope } from '../../core/access.js';
 import type { SyncLimits, SyncUser } from '../../core/config.js';
 import { badRequest, SyncError, toSyncError } from '../../core/errors.js';
-import { type ChangeHub, EntityFilter, type Family } from '../../core/hub.js';
-import { CloseCode, ErrorCode } from '../../core/protocol.js';
+import { type ChangeHub, declaredFraming, EntityFilter, type Family } from '../../core/hub.js';
+import { CLOSE_MUST_REFETCH, CloseCode, ErrorCode } from '../../core/protocol.js';
 import type { PullParams } from '../../core/sync-service.js';
 import { parseJson } from '../../core/validation.js';
 import { type Access, admit } from '../gate.js';
 import { toWebRequest } from '../node.js';
-import { createSocketServer, liveBytes, type Rescoping, SyncConnection } from './connection.js';
+import { createSocketServer, liveFrames, type Rescoping, SyncConnection, WS_FRAMINGS } from './connection.js';
 import { absorbErrors, refuseUpgrade } from './refuse.js';
 
 /** A message a client sent, and the `ref` to echo. */
@@ -120,6 +120,13 @@ export class SocketEndpoint implements Rescoping {
       refuseUpgrade(socket, new SyncError(ErrorCode.NotFound, 'no WebSocket at this path', 404));
       return;
     }
+    let framing: SyncConnection['framing'];
+    try {
+      framing = WS_FRAMINGS[declaredFraming(queryOf(request))];
+    } catch (error) {
+      refuseUpgrade(socket, toSyncError(error));
+      return;
+    }
     const sessions = this.options.sessions;
     sessions.admitting++;
     let admitting = true;
@@ -128,14 +135,21 @@ export class SocketEndpoint implements Rescoping {
       admitting = false;
       sessions.admitting--;
     };
-    this.admit(family, request, socket, head, settle).then(settle, (error: unknown) => {
+    this.admit(family, framing, request, socket, head, settle).then(settle, (error: unknown) => {
       settle();
       this.options.onError?.(error);
       refuseUpgrade(socket, toSyncError(error));
     });
   }
 
-  private async admit(family: MessageFamily, request: IncomingMessage, socket: Duplex, head: Buffer, settle: () => void): Promise<void> {
+  private async admit(
+    family: MessageFamily,
+    framing: SyncConnection['framing'],
+    request: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    settle: () => void,
+  ): Promise<void> {
     let release: () => void = () => {};
     let webRequest: Request;
     let user: SyncUser | null;
@@ -166,12 +180,13 @@ export class SocketEndpoint implements Rescoping {
         release();
         return;
       }
-      this.accept(family, ws, user, this.options.authorize ? webRequest : null, release, request.socket.remoteAddress);
+      this.accept(family, framing, ws, user, this.options.authorize ? webRequest : null, release, request.socket.remoteAddress);
     });
   }
 
   private accept(
     family: MessageFamily,
+    framing: SyncConnection['framing'],
     socket: WebSocket,
     user: SyncUser | null,
     request: Request | null,
@@ -179,7 +194,7 @@ export class SocketEndpoint implements Rescoping {
     address: string | undefined,
   ): void {
     const held = this.options.sessions.rowBudgetFor(user, address);
-    const connection = new SyncConnection(socket, this.options.limits, user, request, this, family.family, held.rows);
+    const connection = new SyncConnection(socket, this.options.limits, user, request, this, family.family, held.rows, framing);
     this.connections.add(connection);
     const forget = this.options.sessions.add(connection);
     socket.on('pong', () => {
@@ -303,10 +318,12 @@ export class SocketEndpoint implements Rescoping {
           connection.cursor = version;
           // Replayed pages cost what they read; live batches are read once for everyone.
           if (paced) connection.spendRows(batch.changes.length + (batch.fieldChanges?.length ?? 0));
-          const bytes = liveBytes(batch, filter);
-          if (bytes !== null) connection.send(bytes, !paced, paced);
+          // One frame per batch, or one per change for a client of the original crate.
+          const frames = liveFrames(batch, filter, connection.framing);
+          if (frames !== null) connection.sendAll(frames, !paced, paced);
         },
         drained: () => connection.drained(),
+        refetch: (entity) => connection.close(CLOSE_MUST_REFETCH, `${entity.slice(0, 64)}: pull again (its schema changed or its log was pruned)`),
       },
       since,
     );
@@ -329,6 +346,13 @@ export class SocketEndpoint implements Rescoping {
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 }
+
+/** The query string of an upgrade request's URL. */
+const queryOf = (request: IncomingMessage): URLSearchParams => {
+  const url = request.url ?? '';
+  const start = url.indexOf('?');
+  return new URLSearchParams(start < 0 ? '' : url.slice(start + 1));
+};
 
 /** An optional non-negative integer field of a message. */
 export function optionalCount(value: unknown, name: string): number | undefined {
