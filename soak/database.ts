@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import pg from 'pg';
+import { SyncEngine } from '../src/engine.js';
 
 /** A todo as compared between server and clients: `done` a boolean, a missing `updated_at` is null. */
 export interface TodoRow {
@@ -34,10 +35,19 @@ export interface SoakDatabase {
   url: string;
   /** Current rows of `todos`, in id order. */
   rows(): Promise<TodoRow[]>;
-  /** The whole change log of `todos`, oldest first (nothing is pruned during a soak). */
+  /**
+   * The whole change log of `todos`, oldest first: a copy kept by a trigger
+   * (`keepLog`), since `cleanup` prunes the real one during the run.
+   */
   log(): Promise<LogEntry[]>;
+  /** Start copying every log entry into `_soak_log` (once the first node made the log). */
+  keepLog(): Promise<void>;
+  /** `engine.cleanup(0, { clientDays })` from an engine of the soak's own: everything superseded, and idle client records, go. */
+  cleanup(clientDays: number): Promise<number>;
   dispose(): Promise<void>;
 }
+
+const LOG_COLUMNS = 'version, entity, entity_id, action, data, client_id';
 
 /** Normalise a row from any source (server table, device replica, browser) for comparison. */
 export function normaliseRow(row: Record<string, unknown>): TodoRow {
@@ -71,6 +81,7 @@ export function sqliteDatabase(): SoakDatabase {
   const dir = mkdtempSync(join(tmpdir(), 'rhtmx-soak-'));
   const path = join(dir, 'todo.db');
   let db: Database.Database | null = null;
+  let cleaner: Promise<SyncEngine> | null = null;
   // Opened lazily: the demo creates the file and the table on its first start.
   const open = () => {
     db ??= new Database(path, { readonly: true, fileMustExist: true });
@@ -88,11 +99,37 @@ export function sqliteDatabase(): SoakDatabase {
     async log() {
       return (
         open()
-          .prepare(`SELECT version, entity_id, action, data, client_id FROM _rhtmx_sync_log WHERE entity = 'todos' ORDER BY version`)
+          .prepare(`SELECT version, entity_id, action, data, client_id FROM _soak_log WHERE entity = 'todos' ORDER BY version`)
           .all() as RawLog[]
       ).map(toEntry);
     },
+    async keepLog() {
+      const writer = new Database(path);
+      try {
+        writer.pragma('busy_timeout = 5000');
+        writer.exec(`
+          CREATE TABLE IF NOT EXISTS _soak_log AS SELECT ${LOG_COLUMNS} FROM _rhtmx_sync_log WHERE 0;
+          CREATE UNIQUE INDEX IF NOT EXISTS _soak_log_version ON _soak_log (version);
+          INSERT OR IGNORE INTO _soak_log SELECT ${LOG_COLUMNS} FROM _rhtmx_sync_log;
+          CREATE TRIGGER IF NOT EXISTS _soak_log_copy AFTER INSERT ON _rhtmx_sync_log BEGIN
+            INSERT OR IGNORE INTO _soak_log VALUES (NEW.version, NEW.entity, NEW.entity_id, NEW.action, NEW.data, NEW.client_id);
+          END;`);
+      } finally {
+        writer.close();
+      }
+    },
+    async cleanup(clientDays) {
+      cleaner ??= (async () => {
+        const handle = new Database(path);
+        handle.pragma('busy_timeout = 5000');
+        const engine = new SyncEngine({ db: handle, entities: ['todos'] });
+        await engine.ready;
+        return engine;
+      })();
+      return (await cleaner).cleanup(0, { clientDays });
+    },
     async dispose() {
+      await (await cleaner?.catch(() => null))?.close();
       db?.close();
       rmSync(dir, { recursive: true, force: true });
     },
@@ -113,6 +150,7 @@ export async function postgresDatabase(adminUrl: string): Promise<SoakDatabase> 
   const url = parsed.toString();
   const pool = new pg.Pool({ connectionString: url, max: 2 });
   pool.on('error', () => {});
+  let cleaner: Promise<{ engine: SyncEngine; handle: pg.Pool }> | null = null;
   return {
     store: 'postgres',
     url,
@@ -122,11 +160,37 @@ export async function postgresDatabase(adminUrl: string): Promise<SoakDatabase> 
     },
     async log() {
       const { rows } = await pool.query<RawLog>(
-        `SELECT version, entity_id, action, data, client_id FROM _rhtmx_sync_log WHERE entity = 'todos' ORDER BY version`,
+        `SELECT version, entity_id, action, data, client_id FROM _soak_log WHERE entity = 'todos' ORDER BY version`,
       );
       return rows.map(toEntry);
     },
+    async keepLog() {
+      await pool.query(`
+        CREATE TABLE IF NOT EXISTS _soak_log AS SELECT ${LOG_COLUMNS} FROM _rhtmx_sync_log WITH NO DATA;
+        CREATE UNIQUE INDEX IF NOT EXISTS _soak_log_version ON _soak_log (version);
+        CREATE OR REPLACE FUNCTION _soak_log_copy() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          INSERT INTO _soak_log VALUES (NEW.version, NEW.entity, NEW.entity_id, NEW.action, NEW.data, NEW.client_id) ON CONFLICT DO NOTHING;
+          RETURN NULL;
+        END $$;
+        DROP TRIGGER IF EXISTS _soak_log_copy ON _rhtmx_sync_log;
+        CREATE TRIGGER _soak_log_copy AFTER INSERT ON _rhtmx_sync_log FOR EACH ROW EXECUTE FUNCTION _soak_log_copy();
+        INSERT INTO _soak_log SELECT ${LOG_COLUMNS} FROM _rhtmx_sync_log ON CONFLICT DO NOTHING;`);
+    },
+    async cleanup(clientDays) {
+      cleaner ??= (async () => {
+        const handle = new pg.Pool({ connectionString: url, max: 2 });
+        handle.on('error', () => {});
+        const engine = new SyncEngine({ db: handle, entities: ['todos'] });
+        await engine.ready;
+        return { engine, handle };
+      })();
+      return (await cleaner).engine.cleanup(0, { clientDays });
+    },
     async dispose() {
+      const own = await cleaner?.catch(() => null);
+      await own?.engine.close();
+      await own?.handle.end().catch(() => {});
       await pool.end().catch(() => {});
       const drop = new pg.Client({ connectionString: adminUrl });
       await drop.connect();

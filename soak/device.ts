@@ -40,7 +40,7 @@ import {
 import { META, OUTBOX } from '../src/client/local/store.js';
 import { type Http, http, SyncHttpError } from '../src/client/net/http.js';
 import { rpc } from '../src/client/net/rpc.js';
-import type { Flusher } from '../src/client/queue/flusher.js';
+import type { Flusher, SendAs } from '../src/client/queue/flusher.js';
 import { enqueue, outboxFlusher, sender } from '../src/client/queue/outbox.js';
 import type { ClientMessage, LiveChangeMessage, PushChange, PushResult, Row, ServerMessage } from '../src/core/protocol.js';
 import type { BrowserBehaviour } from './browsers.js';
@@ -228,10 +228,6 @@ export class Device {
     this.boot();
   }
 
-  get clientId(): string {
-    return String(this.page.db.peek(META).get('cid') ?? '');
-  }
-
   /** Connect (and keep reconnecting) until `stop()`. */
   start(): void {
     this.connect();
@@ -357,12 +353,13 @@ export class Device {
     const db: MemoryDb = memoryDb(this.journal.load(), (writes) => this.journal.commit(writes, db));
     const flush = outboxFlusher({
       db,
-      send: (entity, changes) => this.push(entity, changes, alive),
+      send: (entity, changes, as) => this.push(entity, changes, as, alive),
       integerKey: async () => false,
       changed: () => {},
       conflict: () => {
         this.stats.conflicts++;
       },
+      refetch: () => this.disconnect(),
       online: () => this.online && alive(),
       error: () => {},
       log: () => {},
@@ -427,16 +424,12 @@ export class Device {
   }
 
   /** The client's sender, measured, with every answer a live page receives entered in the ledger. */
-  private async push(entity: string, changes: PushChange[], alive: () => boolean): Promise<PushResult[]> {
+  private async push(entity: string, changes: PushChange[], as: SendAs, alive: () => boolean): Promise<PushResult[]> {
     this.stats.pushes++;
     const sent = Date.now();
     const node = this.node ?? (this.random.pick(this.options.nodes) as string);
     try {
-      const results = await sender(
-        this.api(node),
-        () => this.clientId,
-        (message) => this.request(message),
-      )(entity, changes);
+      const results = await sender(this.api(node), (message) => this.request(message))(entity, changes, as);
       this.stats.pushMs.push(Date.now() - sent);
       // Reloaded meanwhile: this page is gone and never saw the answer.
       if (!alive()) return results;
@@ -504,7 +497,7 @@ export class Device {
   }
 
   private openSocket(generation: number, node: string): void {
-    const socket = new WebSocket(`${node.replace(/^http/, 'ws')}/api/sync/ws`, { handshakeTimeout: 5_000 });
+    const socket = new WebSocket(`${node.replace(/^http/, 'ws')}/api/sync/ws?protocol=2`, { handshakeTimeout: 5_000 });
     this.socket = socket;
     socket.on('open', () => {
       this.catchUp(node).then(
@@ -552,7 +545,7 @@ export class Device {
     let failures = 0;
     while (generation === this.generation) {
       try {
-        const url: string = `${node}/api/sync/events?entities=${ENTITY}${lastId ? '' : `&since=${since}`}`;
+        const url: string = `${node}/api/sync/events?protocol=2&entities=${ENTITY}${lastId ? '' : `&since=${since}`}`;
         const response: Response = await fetch(url, {
           headers: lastId ? { 'last-event-id': lastId } : {},
           signal: AbortSignal.any([controller.signal, this.net.signal]),

@@ -40,6 +40,13 @@ export interface SoakOptions {
   killEveryMs: [number, number];
   /** How long a killed node stays down before its restart, ms (uniform). */
   downMs: [number, number];
+  /**
+   * Pause between two `engine.cleanup(0, { clientDays })` runs during the
+   * chaos (uniform; null: none). Each prunes every superseded log entry and
+   * tombstone (lagging cursors then get reset snapshots) and, half the time,
+   * every client record (clients then meet `client_unknown`).
+   */
+  cleanupEveryMs: [number, number] | null;
   /** Rows the writers steer the table towards: fewer rows, more writers colliding on one row. */
   tableRows: number;
   /** Also write through the demo's htmx routes. */
@@ -66,6 +73,7 @@ export const DEFAULT_OPTIONS: SoakOptions = {
   seed: 1,
   killEveryMs: [3_000, 9_000],
   downMs: [200, 2_000],
+  cleanupEveryMs: [2_000, 6_000],
   tableRows: 20,
   appWriter: true,
   hostile: true,
@@ -85,6 +93,8 @@ export interface SoakReport extends Verdict {
   /** Wall time of the drain and convergence phase. */
   settleS: number;
   kills: number;
+  /** `cleanup` runs during the chaos. */
+  cleanups: number;
   restarts: number;
   reloads: number;
   offlinePeriods: number;
@@ -144,6 +154,8 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
       await node.start();
       nodes.push(node);
     }
+    // The verdict reads a copy of the log: cleanup prunes the real one.
+    await database.keepLog();
     log(`${options.store}: ${nodes.length} node(s) up at ${nodes.map((node) => node.url).join(', ')}`);
     const urls = nodes.map((node) => node.url);
 
@@ -186,7 +198,15 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
     hostile = options.hostile
       ? new Hostile(nodes, random.fork(), { ...DEFAULT_HOSTILE, quietMs: Math.min(DEFAULT_HOSTILE.quietMs, options.durationMs / 4) })
       : null;
+    // Forked last of all, so the seeds of the others replay with it on or off.
+    let cleanups = 0;
+    const cleaner = options.cleanupEveryMs
+      ? cleanupLoop(database, random.fork(), options.cleanupEveryMs, stop.signal, log).then((runs) => {
+          cleanups = runs;
+        })
+      : null;
     const loops = [
+      ...(cleaner ? [cleaner] : []),
       ...devices.map((device) => device.run(stop.signal)),
       ...browsers.map((browser) => browser.run(stop.signal)),
       ...(app ? [app.run(stop.signal)] : []),
@@ -282,6 +302,7 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
       durationS: Math.round(durationS),
       settleS: Math.round(settleS * 10) / 10,
       kills: nodes.reduce((total, node) => total + node.kills, 0),
+      cleanups,
       restarts: nodes.reduce((total, node) => total + node.starts - 1, 0),
       reloads: sum((stats) => stats.reloads),
       offlinePeriods: sum((stats) => stats.offlinePeriods),
@@ -336,6 +357,30 @@ async function killNodes(
     await sleep(random.int(options.downMs[0], options.downMs[1]));
     await Promise.all(victims.map((node) => node.start()));
   }
+}
+
+/** Run `cleanup` now and then while the chaos lasts; resolves with how many runs completed. */
+async function cleanupLoop(
+  database: SoakDatabase,
+  random: Random,
+  everyMs: [number, number],
+  signal: AbortSignal,
+  log: (line: string) => void,
+): Promise<number> {
+  let runs = 0;
+  while (!signal.aborted) {
+    await sleep(random.int(everyMs[0], everyMs[1]), signal);
+    if (signal.aborted) break;
+    const clientDays = random.chance(0.5) ? 0 : 30;
+    try {
+      const removed = await database.cleanup(clientDays);
+      runs++;
+      log(`cleanup: ${removed} log entries${clientDays === 0 ? ', every client record' : ''}`);
+    } catch (error) {
+      log(`cleanup failed: ${(error as Error).message}`);
+    }
+  }
+  return runs;
 }
 
 function percentiles(values: number[]): { p50: number; p99: number; max: number } {

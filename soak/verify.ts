@@ -147,10 +147,20 @@ export function verify(records: MutationRecord[], serverRows: TodoRow[], log: Lo
     }
   }
 
+  /** The story of one row: its log entries and every mutation of it, with their answers. */
+  const story = (id: string): string => {
+    const entries = log.filter((entry) => entry.id === id).map((entry) => `${entry.action} v${entry.version} ${entry.title ?? ''}`);
+    const mutations = records
+      .filter((record) => record.id === id)
+      .map((record) => `${record.tag} ${record.action} [${record.answers.map(describeAnswer).join(', ')}]`);
+    return `  row ${id}: log ${entries.join('; ') || 'none'}; mutations ${mutations.join('; ') || 'none'}`;
+  };
+
   for (const [id, count] of createsById) {
     if (count > 1) {
       duplicated++;
       note({ kind: 'duplicated', detail: `row ${id} was created ${count} times` });
+      note({ kind: 'duplicated', detail: story(id) });
     }
   }
 
@@ -179,17 +189,7 @@ export function verify(records: MutationRecord[], serverRows: TodoRow[], log: Lo
     if (diff) {
       divergentClients++;
       note({ kind: 'divergent', detail: `${client.name}: ${diff.summary}` });
-      // The story of each differing row: its log entries and every mutation of it, with their answers.
-      for (const id of diff.ids.slice(0, 3)) {
-        const entries = log.filter((entry) => entry.id === id).map((entry) => `${entry.action} v${entry.version} ${entry.title ?? ''}`);
-        const mutations = records
-          .filter((record) => record.id === id)
-          .map((record) => `${record.tag} ${record.action} [${record.answers.map(describeAnswer).join(', ')}]`);
-        note({
-          kind: 'divergent',
-          detail: `  row ${id}: log ${entries.join('; ') || 'none'}; mutations ${mutations.join('; ') || 'none'}`,
-        });
-      }
+      for (const id of diff.ids.slice(0, 3)) note({ kind: 'divergent', detail: story(id) });
     }
   }
 

@@ -23,6 +23,7 @@ function flusherFor(db: ReturnType<typeof memoryDb>, send: OutboxOptions['send']
     send,
     integerKey: async () => false,
     changed: () => {},
+    refetch: () => {},
     conflict: (detail) => conflicts.push(detail),
     online: () => true,
     error: () => {},

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { FieldMergeStrategy } from '../src/core/config.js';
 import { hlcWallMs } from '../src/core/hlc.js';
-import { getJson, postJson, WsClient, waitFor } from './helpers.js';
+import { getJson, postJson, WsClient, waitFor, writer } from './helpers.js';
 import { connect, type PgTestServer, rawSql, startPgServer } from './pg-helpers.js';
 
 const fieldUrl = (server: PgTestServer, path = '') => `${server.url}/api/field-sync/todos${path}`;
@@ -53,7 +53,7 @@ describe('field sync on PostgreSQL: last-write-wins', () => {
     const merged = pull.body.changes.find((change: any) => change.id === 'r1').data;
     assert.deepEqual([merged.title, merged.done], ['Alice', true]);
     const now = await latest(server, 'r1');
-    assert.deepEqual([now.fields.title.client_id, now.fields.done.client_id], ['alice', 'bob']);
+    assert.deepEqual([now.fields.title.client_id, now.fields.done.client_id], [writer('alice'), writer('bob')]);
     assert.equal(now.fields.updated_at.version, start.fields.updated_at.version);
   });
 
@@ -95,15 +95,21 @@ describe('field sync on PostgreSQL: last-write-wins', () => {
       assert.equal(response.status, 400);
     }
     assert.equal((await postJson(`${server.url}/api/field-sync/nope`, { changes: [] })).status, 404);
-    const typed = await pushFields(server, null, [
-      { entity_id: 'r3', field: 'done', value: 'maybe' },
-      { entity_id: 'r3', field: 'done', value: 'true' },
-    ]);
+    // A value its column cannot hold refuses the whole push (docs/protocol.md, "Values"); form words are booleans.
+    const untyped = await postJson(fieldUrl(server), {
+      changes: [
+        { entity_id: 'r3', field: 'done', value: 'true' },
+        { entity_id: 'r3', field: 'done', value: 'maybe' },
+      ],
+    });
+    assert.deepEqual([untyped.status, untyped.body.error.code], [400, 'bad_request']);
+    assert.match(untyped.body.error.message, /^changes\[1\]: done must be a boolean/);
+    const typed = await pushFields(server, null, [{ entity_id: 'r3', field: 'done', value: 'true' }]);
     assert.deepEqual(
       typed.results.map((result: any) => result.status),
-      ['rejected', 'applied'],
+      ['applied'],
     );
-    assert.equal(typed.results[1].value, true);
+    assert.equal(typed.results[0].value, true);
     assert.equal(await logCount(), before + 1);
   });
 
@@ -167,7 +173,7 @@ describe('field sync on PostgreSQL: last-write-wins', () => {
         value: 'live',
         version: push.results[0].version,
         hlc: push.results[0].hlc,
-        client_id: 'mia',
+        client_id: writer('mia'),
         action: 'update',
       });
       const ack = await ws.request({
@@ -175,6 +181,8 @@ describe('field sync on PostgreSQL: last-write-wins', () => {
         entity: 'todos',
         entity_id: 'w1',
         client_id: 'mia',
+        // New to field pushes, starting at 3.
+        fresh: true,
         mutation_id: 3,
         fields: [{ field: 'done', value: true, timestamp: new Date().toISOString() }],
       });

@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { FieldMergeStrategy } from '../src/core/config.js';
 import { HybridClock, hlcWallMs } from '../src/core/hlc.js';
 import type { Store } from '../src/core/store.js';
-import { getJson, postJson, startServer, type TestServer, WsClient, waitFor } from './helpers.js';
+import { getJson, postJson, startServer, type TestServer, WsClient, waitFor, writer } from './helpers.js';
 
 const fieldUrl = (server: TestServer, path = '') => `${server.url}/api/field-sync/todos${path}`;
 const fieldWsUrl = (server: TestServer) => `${server.wsUrl.replace('/api/sync/ws', '/api/field-sync/ws')}`;
@@ -77,8 +77,8 @@ describe('field sync: last-write-wins', () => {
     });
     // ...and each field carries its own version and writer.
     const now = await latest(server, 'r1');
-    assert.equal(now.fields.title.client_id, 'alice');
-    assert.equal(now.fields.done.client_id, 'bob');
+    assert.equal(now.fields.title.client_id, writer('alice'));
+    assert.equal(now.fields.done.client_id, writer('bob'));
     assert.equal(now.fields.title.value, 'Alice title');
     assert.equal(now.fields.done.value, true);
     assert.notEqual(now.fields.title.version, now.fields.done.version);
@@ -120,7 +120,7 @@ describe('field sync: last-write-wins', () => {
     const honest = await pushFields(server, 'honest', [{ entity_id: 'r3', field: 'title', value: 'honest', timestamp: Date.now() }]);
     assert.equal(honest.results[0].status, 'applied', JSON.stringify(honest.results[0]));
     assert.equal(tableRow(server, 'r3').title, 'honest');
-    assert.equal((await latest(server, 'r3')).fields.title.client_id, 'honest');
+    assert.equal((await latest(server, 'r3')).fields.title.client_id, writer('honest'));
   });
 
   test('a retried push is applied once, even after someone else changed the field', async () => {
@@ -205,20 +205,28 @@ describe('field sync: last-write-wins', () => {
     assert.deepEqual(counts(server), before);
     assert.equal(tableRow(server, 'r5').title, 'untouched');
 
-    // A value that does not fit its column rejects that change only; the rest of the push applies.
+    // A value its column cannot hold refuses the whole push, like any malformed change (docs/protocol.md, "Values").
+    const untyped = await postJson(fieldUrl(server), {
+      changes: [
+        { entity_id: 'r5', field: 'title', value: 'written?' },
+        { entity_id: 'r5', field: 'done', value: 'maybe' },
+      ],
+    });
+    assert.deepEqual([untyped.status, untyped.body.error.code], [400, 'bad_request']);
+    assert.match(untyped.body.error.message, /^changes\[1\]: done must be a boolean/);
+    assert.equal(tableRow(server, 'r5').title, 'untouched');
+    // What the database refuses (NULL in a NOT NULL column) rejects that change only; the rest of the push applies.
     const mixed = await pushFields(server, null, [
-      { entity_id: 'r5', field: 'done', value: 'maybe' },
       { entity_id: 'r5', field: 'title', value: null },
       { entity_id: 'r5', field: 'title', value: 42 },
     ]);
     assert.deepEqual(
       mixed.results.map((result: any) => result.status),
-      ['rejected', 'rejected', 'applied'],
+      ['rejected', 'applied'],
     );
-    assert.match(mixed.results[0].reason, /boolean/);
-    assert.match(mixed.results[1].reason, /null/);
-    assert.equal(mixed.results[2].value, '42', 'coerced to the text column');
-    assert.equal(mixed.rejected, 2);
+    assert.equal(mixed.results[0].reason, 'NOT NULL constraint failed: todos.title');
+    assert.equal(mixed.results[1].value, '42', 'coerced to the text column');
+    assert.equal(mixed.rejected, 1);
     assert.deepEqual([tableRow(server, 'r5').title, tableRow(server, 'r5').done], ['42', 0]);
   });
 
@@ -235,7 +243,7 @@ describe('field sync: last-write-wins', () => {
       value: '2024-01-01T12:00:00Z',
       version: push.results[0].version,
       hlc: push.results[0].hlc,
-      client_id: 'erin',
+      client_id: writer('erin'),
     });
     assert.equal(now.fields.title.version, created.fields.title.version);
     assert.ok(now.fields.updated_at.hlc > now.fields.title.hlc);
@@ -265,7 +273,7 @@ describe('field sync: last-write-wins', () => {
         change.client_id,
         change.action,
       ]),
-      [['todos', 'p1', 'title', 'p2', 'frank', 'update']],
+      [['todos', 'p1', 'title', 'p2', writer('frank'), 'update']],
     );
     assert.ok(page.body.version > cursor);
     // Paged snapshot: small limits walk every row once.
@@ -305,7 +313,7 @@ describe('field sync: last-write-wins', () => {
     });
     const afterPush = await latest(server, 'x1');
     assert.ok(afterPush.fields.title.version > afterSql.fields.title.version);
-    assert.equal(afterPush.fields.title.client_id, 'entity-client');
+    assert.equal(afterPush.fields.title.client_id, writer('entity-client'));
     assert.equal(afterPush.fields.done.version, afterSql.fields.done.version);
     // A field push based on the old title is concurrent with the entity-level rename.
     const stale = await pushFields(server, 'grace', [
@@ -397,7 +405,7 @@ describe('field sync: last-write-wins', () => {
         value: 'live',
         version: push.results[0].version,
         hlc: push.results[0].hlc,
-        client_id: 'mia',
+        client_id: writer('mia'),
         action: 'update',
       });
       assert.equal(message.version >= push.results[0].version, true);
@@ -408,6 +416,8 @@ describe('field sync: last-write-wins', () => {
         entity: 'todos',
         entity_id: 'w1',
         client_id: 'mia',
+        // New to field pushes, starting at 7.
+        fresh: true,
         mutation_id: 7,
         fields: [
           { field: 'title', value: 'over ws', action: 'update', timestamp: new Date().toISOString() },
@@ -607,7 +617,7 @@ describe('field sync: client-wins', () => {
     assert.equal(tableRow(server, 'c1').title, 'bob');
     // The winner is ordered after what it replaced, so per-field stamps only move forward.
     const now = await latest(server, 'c1');
-    assert.equal(now.fields.title.client_id, 'bob');
+    assert.equal(now.fields.title.client_id, writer('bob'));
     assert.ok(now.fields.title.hlc > 0);
   });
 });

@@ -70,7 +70,8 @@ async function syncRoundTrip(port: number): Promise<void> {
   const base = `http://127.0.0.1:${port}`;
   assert.equal(await (await fetch(`${base}/hello`)).text(), 'hello');
   const { WebSocket } = await import('ws');
-  const socket = new WebSocket(`ws://127.0.0.1:${port}/api/sync/ws`);
+  // Our client's batch protocol (an undeclared socket gets one message per change).
+  const socket = new WebSocket(`ws://127.0.0.1:${port}/api/sync/ws?protocol=2`);
   const messages: any[] = [];
   socket.on('message', (data) => messages.push(JSON.parse(String(data))));
   await new Promise((resolve, reject) => {
@@ -85,6 +86,7 @@ async function syncRoundTrip(port: number): Promise<void> {
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({
       client_id: 'pkg',
+      fresh: true,
       changes: [{ mutation_id: Date.now(), id, action: 'create', data: { title: 'packed', done: false } }],
     }),
   });

@@ -118,7 +118,7 @@ describe('PostgreSQL store layout', () => {
     assert.equal((await records())[fieldClientKey('alice')], 6);
     assert.equal((await records()).alice, 40);
     const stamped = await database.pool.query("SELECT client_id FROM _rhtmx_sync_log WHERE entity_id = 'm1' ORDER BY version DESC LIMIT 1");
-    assert.equal(stamped.rows[0].client_id, 'alice', 'logged changes carry the client id as the client knows it');
+    assert.equal(stamped.rows[0].client_id, 'alice', 'logged changes carry the writer the core stamps (its origin)');
 
     await Promise.all(stores.map((candidate) => candidate.close()));
     await Promise.all(pools.map((pool) => pool.end()));
@@ -176,7 +176,8 @@ describe('PostgreSQL store layout', () => {
     assert.ok(pool.totalCount <= 3, `total ${pool.totalCount}`);
     assert.equal(pool.idleCount, pool.totalCount);
     assert.equal(pool.waitingCount, 0);
-    const ok = await store.push({ schema, clientId: 'leak-0', changes: [create('p-ok', 'fine', 100)], decide: writeAll });
+    // Its earlier pushes were all refused: the client has no record yet, and says so.
+    const ok = await store.push({ schema, clientId: 'leak-0', fresh: true, changes: [create('p-ok', 'fine', 100)], decide: writeAll });
     assert.equal(ok[0]?.status, 'applied');
     assert.equal(
       (await pool.query("SELECT count(*)::int AS n FROM todos WHERE id LIKE 'p%'")).rows[0].n,

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { SyncStrategy } from '../src/core/config.js';
 import type { Change } from '../src/core/protocol.js';
-import { getJson, postJson, WsClient, waitFor } from './helpers.js';
+import { getJson, postJson, WsClient, waitFor, writer } from './helpers.js';
 import { listenerPids, type PgTestServer, rawSql, startPgServer } from './pg-helpers.js';
 
 describe('sync over HTTP and WebSocket [postgres]', () => {
@@ -65,8 +65,14 @@ describe('sync over HTTP and WebSocket [postgres]', () => {
       meta: { tags: ['m3'] },
       active: true,
     });
-    const bad = await push('items', { changes: [{ id: created.results[0].id, action: 'update', data: { qty: 'lots' } }] });
-    assert.deepEqual([bad.results[0].status, bad.results[0].reason], ['rejected', 'datatype mismatch']);
+    // A value its column cannot hold refuses the push, naming the column and the rule; the database's own limits
+    // (numeric(8, 2)) reject the change, in words without SQL.
+    const id = created.results[0].id;
+    const bad = await postJson(`${server.url}/api/sync/items`, { changes: [{ id, action: 'update', data: { qty: 'lots' } }] });
+    assert.deepEqual([bad.status, bad.body.error.code], [400, 'bad_request']);
+    assert.match(bad.body.error.message, /^changes\[0\]: qty must be an integer/);
+    const overflow = await push('items', { changes: [{ id, action: 'update', data: { price: 123456789 } }] });
+    assert.deepEqual([overflow.results[0].status, overflow.results[0].reason], ['rejected', 'value out of range']);
   });
 
   test('pull: snapshot then incremental changes; push over HTTP and WebSocket is applied exactly once', async () => {
@@ -106,7 +112,7 @@ describe('sync over HTTP and WebSocket [postgres]', () => {
     assert.deepEqual(
       socket.changes().map((entry) => [entry.id, entry.action, entry.client_id]),
       [
-        ['t1', 'update', 'tab'],
+        ['t1', 'update', writer('tab')],
         ['t2', 'delete', null],
       ],
     );

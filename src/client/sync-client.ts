@@ -111,7 +111,6 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
   const log = (...args: unknown[]) => {
     if (options.debug) console.log('[rhtmx-sync]', ...args);
   };
-  let clientId = '';
   let leader = false;
   let withLocks = true;
   let state: ConnectionState = 'connecting';
@@ -196,17 +195,14 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
 
   const flush = outboxFlusher({
     db,
-    send: sender(
-      server,
-      () => clientId,
-      (message) => connection?.request(message) ?? null,
-    ),
+    send: sender(server, (message) => connection?.request(message) ?? null),
     async integerKey(entity) {
       const info = (await getSchema()).entities.find((candidate) => candidate.name === entity);
       return info?.columns.find((column) => column.name === info.primaryKey)?.type === 'integer';
     },
     changed,
     conflict: (detail: ConflictDetail) => emit('rhtmx:sync:conflict', detail),
+    refetch: () => connection?.restart(),
     online: () => navigator.onLine,
     error: (error) => fail('push', error),
     log,
@@ -267,7 +263,7 @@ export function createSyncClient(options: SyncClientOptions): SyncClient {
     if (!entities.length) {
       entities.push(...(await getSchema()).entities.map((entity) => entity.name));
     }
-    clientId = await db.write([...entities, META], clientIdIn);
+    await db.write([...entities, META], clientIdIn);
     // Best effort: without it the browser may evict the outbox under storage pressure.
     navigator.storage?.persist?.().then((granted) => log('persistent storage', granted));
     withLocks = Boolean(navigator.locks);

@@ -226,6 +226,23 @@ export function performedAction(change: ValidatedChange, server: ServerRowState)
   return change.action;
 }
 
+/**
+ * What the log says of a push's writer: `#` and 128 bits of the client id's
+ * SHA-256. Changes still show which writes came from one client (the field
+ * merge breaks HLC ties with it), but never the id a push must name: copied
+ * from the live feed, a raw id and a huge `mutation_id` would make that
+ * client's later pushes be answered as duplicates. `#` never starts a client
+ * id, so the stores' one-time rewrite of older logs (`hashOldWriters`) can tell
+ * the two apart.
+ */
+export async function writerOf(clientId: string | null): Promise<string | null> {
+  if (clientId === null) return null;
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(clientId)));
+  let writer = '#';
+  for (const byte of digest.subarray(0, 16)) writer += byte.toString(16).padStart(2, '0');
+  return writer;
+}
+
 /** Client ids are per user: the same id from two users never shares exactly-once bookkeeping. */
 export function scopedClientId(clientId: string | null, user: SyncUser | null): string | null {
   if (clientId === null || user === null) return clientId;

@@ -34,8 +34,9 @@ export function decideWrite(policy: ConflictPolicy, change: ValidatedChange, ser
   const write = (data: Row, merged = false, action = change.action === 'create' && server.row ? 'update' : change.action) =>
     ({ kind: 'write', action, data, hlc: Math.max(stamp, server.hlc + 1), merged }) satisfies WriteDecision;
 
-  // Updating a row the server no longer has: only client-wins brings it back.
-  if (change.action === 'update' && server.row === null && server.version > 0) {
+  // Updating a row the server no longer has: only client-wins brings it back. A base
+  // version proves the row existed even after cleanup pruned its delete from the log.
+  if (change.action === 'update' && server.row === null && (server.version > 0 || (change.baseVersion ?? 0) > 0)) {
     if (policy.strategy === SyncStrategy.ClientWins) return write(change.data, false, 'create');
     return { kind: 'conflict', reason: 'row was deleted on the server' };
   }

@@ -14,7 +14,8 @@
  * change is lost or repeated.
  */
 import type { LiveScope } from './access.js';
-import type { Change, FieldChange, Row } from './protocol.js';
+import { badRequest } from './errors.js';
+import { BATCH_PROTOCOL, type Change, type FieldChange, PROTOCOL_PARAM, type Row } from './protocol.js';
 import type { FieldStore, Store } from './store.js';
 import { tracedSync } from './tracing.js';
 
@@ -38,6 +39,10 @@ export interface ChangeSource {
   read(since: number, limit: number, withFields: boolean): Promise<LivePage>;
   /** Call `onChange` after any committed write; returns a stop function. */
   watch(onChange: () => void): () => void;
+  /** Entities whose must-refetch horizon is above `since`, with it (Store.prunedAbove). */
+  prunedAbove(since: number): Promise<Array<{ entity: string; horizon: number; raised: boolean }>>;
+  /** A new horizon above every cursor handed out (Store.raiseHorizon). */
+  raiseHorizon(entities: readonly string[]): Promise<number>;
 }
 
 /**
@@ -49,6 +54,8 @@ export function storeSource(store: Store, fields: FieldStore | null = null): Cha
   return {
     currentVersion: () => store.currentVersion(),
     watch: (onChange) => store.watch(onChange),
+    prunedAbove: (since) => store.prunedAbove(since),
+    raiseHorizon: (entities) => store.raiseHorizon(entities),
     async read(since, limit, withFields) {
       const page = await store.readLog(since, limit);
       if (!fields || !withFields) return { ...page, fieldChanges: null };
@@ -64,9 +71,41 @@ export function storeSource(store: Store, fields: FieldStore | null = null): Cha
   };
 }
 
+/** One change of a batch as its own message: its JSON and the cursor once it is delivered. */
+export interface EachChange {
+  json: string;
+  /** Every change of the filter up to here has been sent: the change's version (one less when the next shares it), the batch's for the last. */
+  version: number;
+}
+
+/**
+ * How a transport turns a batch into what it sends, for one kind of client.
+ * A framing is encoded once per batch and filter, however many connections
+ * use it; `key` tells framings apart in the batch's cache. `batch` framings
+ * get the batch message (our protocol); `each` framings get every change on
+ * its own (@compat the original crate's clients, which read one `change` per
+ * message: connections that declare no protocol, see {@link declaredFraming}).
+ */
+export type Framing<T> =
+  | { readonly key: string; batch(message: string, version: number): T }
+  | { readonly key: string; each(changes: readonly EachChange[], family: Family): T };
+
+/**
+ * Which framing shape a socket or event stream asked for with `?protocol=`
+ * (docs/protocol.md, "Live protocol"): `batch` for {@link BATCH_PROTOCOL},
+ * `each` (the original crate's one change per message) when absent or `1`.
+ */
+export function declaredFraming(query: URLSearchParams): 'batch' | 'each' {
+  const value = query.get(PROTOCOL_PARAM);
+  if (value === null || value === '1') return 'each';
+  if (value === String(BATCH_PROTOCOL)) return 'batch';
+  throw badRequest(`${PROTOCOL_PARAM} must be 1 (one change per message) or ${BATCH_PROTOCOL} (batches)`);
+}
+
 /** A batch of consecutive log entries `(from, version]`. */
 export class LiveBatch {
   private readonly encoded = new Map<string, string | null>();
+  private readonly selected = new Map<string, readonly (Change | FieldChange)[]>();
   private readonly frames = new Map<string, unknown>();
   private rows: Map<string, Row | null> | null = null;
 
@@ -86,17 +125,7 @@ export class LiveBatch {
   messageFor(filter: EntityFilter): string | null {
     const cached = this.encoded.get(filter.key);
     if (cached !== undefined) return cached;
-    const wanted = <T extends { entity: string }>(list: readonly T[]) =>
-      filter.all ? list : list.filter((change) => filter.entities.has(change.entity));
-    const scope = filter.scope;
-    let changes: readonly (Change | FieldChange)[];
-    if (filter.family === 'field_change') {
-      const fields = wanted(this.fieldChanges ?? []);
-      changes = scope ? scope.applyFields(fields, (entity, id) => this.rowOf(entity, id)) : fields;
-    } else {
-      const entityChanges = wanted(this.changes);
-      changes = scope ? entityChanges.map(scope.apply) : entityChanges;
-    }
+    const changes = this.changesFor(filter);
     let text: string | null = null;
     if (changes.length > 0) {
       // LiveChangeMessage and FieldChangeMessage alike; `change` is the original crate's single-change field.
@@ -113,19 +142,58 @@ export class LiveBatch {
   }
 
   /**
-   * The message for one filter in a transport's framing (SSE event bytes, a
-   * WebSocket frame), encoded once per framing and filter however many
-   * connections send it; null when nothing in the batch concerns the filter.
+   * The batch for one filter in a transport's framing (SSE event bytes, a
+   * WebSocket frame, or one of either per change), encoded once per framing
+   * and filter however many connections send it; null when nothing in the
+   * batch concerns the filter.
    */
-  framed<T>(filter: EntityFilter, framing: string, encode: (message: string, version: number) => T): T | null {
-    const key = `${framing}\u0000${filter.key}`;
+  framed<T>(filter: EntityFilter, framing: Framing<T>): T | null {
+    const key = `${framing.key}\u0000${filter.key}`;
     let frame = this.frames.get(key) as T | null | undefined;
     if (frame === undefined) {
-      const message = this.messageFor(filter);
-      frame = message === null ? null : encode(message, this.version);
+      if ('batch' in framing) {
+        const message = this.messageFor(filter);
+        frame = message === null ? null : framing.batch(message, this.version);
+      } else {
+        const changes = this.changesFor(filter);
+        frame = changes.length === 0 ? null : framing.each(this.eachOf(changes), filter.family);
+      }
       this.frames.set(key, frame);
     }
     return frame;
+  }
+
+  /** The changes of this batch one filter gets (its family, entities and read scope), computed once per filter. */
+  private changesFor(filter: EntityFilter): readonly (Change | FieldChange)[] {
+    const cached = this.selected.get(filter.key);
+    if (cached) return cached;
+    const wanted = <T extends { entity: string }>(list: readonly T[]) =>
+      filter.all ? list : list.filter((change) => filter.entities.has(change.entity));
+    const scope = filter.scope;
+    let changes: readonly (Change | FieldChange)[];
+    if (filter.family === 'field_change') {
+      const fields = wanted(this.fieldChanges ?? []);
+      changes = scope ? scope.applyFields(fields, (entity, id) => this.rowOf(entity, id)) : fields;
+    } else {
+      const entityChanges = wanted(this.changes);
+      changes = scope ? entityChanges.map(scope.apply) : entityChanges;
+    }
+    this.selected.set(filter.key, changes);
+    return changes;
+  }
+
+  /**
+   * Each change with the cursor a client has once it is delivered. Changes
+   * come in version order; one write's field changes share a version, so a
+   * change followed by another of its version brings the client only to the
+   * version before it.
+   */
+  private eachOf(changes: readonly (Change | FieldChange)[]): EachChange[] {
+    return changes.map((change, index) => {
+      const next = changes[index + 1];
+      const version = next ? Math.min(change.version, next.version - 1) : this.version;
+      return { json: JSON.stringify(change), version };
+    });
   }
 
   /** A row as this batch's entity changes leave it (field changes are judged by it); undefined when not in the batch. */
@@ -169,6 +237,12 @@ export interface Subscriber {
   /** Called when the hub stops (engine closing): end the connection so servers can close. */
   end?(): void;
   /**
+   * The rows the client holds of `entity` no longer match its table (its
+   * schema changed): end the connection so the client reconnects and pulls,
+   * which answers `reset: true` (WebSocket: close code 4205). Defaults to `end`.
+   */
+  refetch?(entity: string): void;
+  /**
    * Resolves when the consumer can take more. Catch-up waits on it between
    * pages, so replaying a long log to one client is paced by that client
    * instead of piling up in memory (live batches are not paced: a live
@@ -180,12 +254,17 @@ export interface Subscriber {
 interface SubscriberState {
   subscriber: Subscriber;
   cursor: number;
+  /** The cursor it joined with: below a must-refetch horizon, what it holds may be gone from the log. */
+  joined: number;
   catchingUp: boolean;
   closed: boolean;
 }
 
 /** How long writes arriving right after a fan-out are gathered before the next one, ms. */
 const COALESCE_MS = 1;
+
+/** How often the live read checks that no entry it had yet to read was pruned meanwhile, ms. */
+const PRUNE_CHECK_MS = 250;
 
 export interface HubOptions {
   /** Log entries read per wake-up. */
@@ -214,6 +293,9 @@ export class ChangeHub {
   private readonly onPublished: (changes: number, seconds: number) => void;
   /** Resolvers waiting for the hub to reach a version (tests and push acks). */
   private waiters: Array<{ version: number; resolve: () => void }> = [];
+  /** The last prune check: when, and the hub's version then. */
+  private pruneCheck = { at: Number.NEGATIVE_INFINITY, version: 0 };
+  private pruneTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
     private readonly source: ChangeSource,
@@ -227,6 +309,7 @@ export class ChangeHub {
   /** Start following the log from its current end. */
   async start(): Promise<void> {
     this.version = await this.source.currentVersion();
+    this.pruneCheck = { at: performance.now(), version: this.version };
     this.stopWatching = this.source.watch(() => this.wake());
   }
 
@@ -244,7 +327,8 @@ export class ChangeHub {
    * after that version from the log, then goes live without a gap.
    */
   subscribe(subscriber: Subscriber, since?: number): () => void {
-    const state: SubscriberState = { subscriber, cursor: since ?? this.version, catchingUp: false, closed: false };
+    const cursor = since ?? this.version;
+    const state: SubscriberState = { subscriber, cursor, joined: cursor, catchingUp: false, closed: false };
     this.subscribers.add(state);
     const fields = subscriber.filter.family === 'field_change';
     if (fields) this.fieldSubscribers++;
@@ -255,6 +339,27 @@ export class ChangeHub {
       if (fields) this.fieldSubscribers--;
       this.subscribers.delete(state);
     };
+  }
+
+  /**
+   * Tell every subscriber of `entity` to refetch it (`Subscriber.refetch`):
+   * its schema changed and the store raised its must-refetch horizon first.
+   * Returns how many were told.
+   */
+  refetch(entity: string, horizon = Number.POSITIVE_INFINITY): number {
+    let told = 0;
+    for (const state of [...this.subscribers]) {
+      const { subscriber } = state;
+      if (state.closed || state.joined >= horizon || (!subscriber.filter.all && !subscriber.filter.entities.has(entity))) continue;
+      told++;
+      try {
+        if (subscriber.refetch) subscriber.refetch(entity);
+        else subscriber.end?.();
+      } catch (error) {
+        this.onError(error);
+      }
+    }
+    return told;
   }
 
   /** Something was written: read the log and fan out. Safe to call often. */
@@ -290,6 +395,7 @@ export class ChangeHub {
     try {
       do {
         this.wakeAgain = false;
+        await this.checkPruned();
         const page = await this.source.read(this.version, this.pageSize, this.fieldSubscribers > 0);
         if (this.stopped) return;
         if (page.version > this.version) {
@@ -315,6 +421,36 @@ export class ChangeHub {
     } finally {
       this.reading = false;
       this.releaseWaiters();
+    }
+  }
+
+  /**
+   * `cleanup` (on any node) may prune a delete the hub has not read yet: its
+   * subscribers would never get it. So now and then the hub asks which
+   * entities' horizon passed its version at the previous check. When the hub
+   * has read past that horizon (its subscribers' cursors too), it first
+   * raises the horizon above every cursor; then the subscribers that joined
+   * below it are told to refetch, and their pull is a reset. A schema change
+   * raises the horizon too, and is caught the same way.
+   */
+  private async checkPruned(): Promise<void> {
+    const now = performance.now();
+    if (now - this.pruneCheck.at < PRUNE_CHECK_MS) {
+      // Checked at the latest a moment after this read.
+      this.pruneTimer ??= setTimeout(() => {
+        this.pruneTimer = null;
+        this.wake();
+      }, PRUNE_CHECK_MS);
+      return;
+    }
+    const since = this.pruneCheck.version;
+    this.pruneCheck = { at: now, version: this.version };
+    for (const { entity, horizon, raised } of await this.source.prunedAbove(since)) {
+      // A raised horizon was above every cursor when it was set. Past a pruned delete's, the hub may have
+      // sent batches without it and cursors moved beyond it: a reset needs a horizon above them.
+      const above = raised || horizon > this.version ? horizon : await this.source.raiseHorizon([entity]);
+      this.pruneCheck.version = Math.max(this.pruneCheck.version, above);
+      this.refetch(entity, above);
     }
   }
 
@@ -352,6 +488,14 @@ export class ChangeHub {
     if (state.catchingUp) return;
     state.catchingUp = true;
     try {
+      // A cursor below an entity's horizon cannot be served from the log: that entity must be pulled again.
+      for (const { entity, horizon } of await this.source.prunedAbove(state.cursor)) {
+        if (!state.closed && (state.subscriber.filter.all || state.subscriber.filter.entities.has(entity))) {
+          if (state.subscriber.refetch) state.subscriber.refetch(entity);
+          else state.subscriber.end?.();
+        }
+        if (state.closed || horizon < 0) return;
+      }
       // Loop until the cursor meets the hub's: the check and the switch back to
       // live happen in one tick, so no batch published meanwhile is skipped.
       while (!state.closed && state.cursor < this.version) {
@@ -375,6 +519,8 @@ export class ChangeHub {
   }
 
   stop(): void {
+    if (this.pruneTimer) clearTimeout(this.pruneTimer);
+    this.pruneTimer = null;
     if (this.gathering) clearTimeout(this.gathering);
     this.gathering = null;
     this.stopWatching?.();

@@ -83,6 +83,10 @@ export interface PushChange {
 /** `POST /api/sync/:entity` body. */
 export interface PushRequest {
   client_id?: string;
+  /** The client has never had an answer for this `client_id` (a new one): its first mutation ids may skip numbers. */
+  fresh?: boolean;
+  /** Some of these mutations were sent before (their answer never came): ms since the first of them left (see docs/protocol.md). */
+  retry?: number | true;
   changes: PushChange[];
 }
 
@@ -133,19 +137,47 @@ export interface LiveChangeMessage {
   change?: Change;
 }
 
+/**
+ * The live protocol a connection declares (docs/protocol.md, "Live protocol"):
+ * `?protocol=2` on the WebSocket URL (`<basePath>/ws`, `<fieldBasePath>/ws`)
+ * or the event-stream URL (`<basePath>/events`). With it, live changes come
+ * one message per batch ({@link LiveChangeMessage}, {@link FieldChangeMessage};
+ * SSE: unnamed events with that JSON). Our own client always declares it.
+ *
+ * @compat A connection that declares nothing (or `protocol=1`) is a client of
+ * the original crate, which reads only `change`: it gets one message per
+ * change ({@link SeedChangeMessage}, {@link SeedFieldChangeMessage}; SSE:
+ * `event: sync` whose data is the {@link Change} itself).
+ */
+export const PROTOCOL_PARAM = 'protocol';
+/** The batch protocol's number, the value of {@link PROTOCOL_PARAM}. */
+export const BATCH_PROTOCOL = 2;
+/** The query our client appends to live URLs: `${PROTOCOL_PARAM}=${BATCH_PROTOCOL}`. */
+export const BATCH_QUERY = 'protocol=2';
+
+/** @compat One live change as the original crate sends it, to connections that declare no protocol. */
+export interface SeedChangeMessage {
+  type: 'change';
+  /** Every change up to this version for the subscribed entities has been sent. */
+  version: number;
+  change: Change;
+}
+
 /** Messages a WebSocket client sends on `/api/sync/ws`. `ref` is echoed in the reply. */
 export type ClientMessage =
   | { type: 'subscribe'; entities: string[]; since?: number; ref?: string | number }
   | { type: 'unsubscribe'; entities: string[]; ref?: string | number }
   | { type: 'sync'; entity: string; since?: number; limit?: number; snapshot?: string; ref?: string | number }
   | ({ type: 'push'; entity: string; ref?: string | number } & (
-      | { client_id?: string; changes: PushChange[] }
+      | { client_id?: string; fresh?: boolean; retry?: number | true; changes: PushChange[] }
       | {
           entity_id?: string | number;
           action: ChangeAction;
           data?: Row | null;
           mutation_id?: number;
           client_id?: string;
+          fresh?: boolean;
+          retry?: number | true;
           base_version?: number;
           timestamp?: number | string;
         }
@@ -219,6 +251,8 @@ export const ErrorCode = {
   /** 503: the engine is starting, failed to start or is closed. */
   Unavailable: 'unavailable',
   UnknownMessage: 'unknown_message',
+  /** 409: a push names mutation ids of a client whose exactly-once record is gone (core/store.ts ClientRecord). */
+  ClientUnknown: 'client_unknown',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -243,6 +277,13 @@ export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
 
 /** WebSocket close code sent to a consumer that fell too far behind; it reconnects and pulls. */
 export const CLOSE_SLOW_CONSUMER = CloseCode.SlowConsumer;
+
+/**
+ * WebSocket close code: a subscribed entity's table changed shape (its schema
+ * changed); reconnect and pull, which answers `reset: true` (must-refetch).
+ * Beside `CloseCode`, not in it, so the browser bundles (which never read it) do not carry it.
+ */
+export const CLOSE_MUST_REFETCH = 4205;
 
 // ─── Field-level sync (`/api/field-sync/*`, docs/field-sync.md) ───────────────
 
@@ -305,6 +346,9 @@ export interface FieldPushChange {
 /** `POST /api/field-sync/:entity` body. */
 export interface FieldPushRequest {
   client_id?: string;
+  /** As in PushRequest. */
+  fresh?: boolean;
+  retry?: number | true;
   changes: FieldPushChange[];
 }
 
@@ -379,6 +423,14 @@ export interface FieldChangeMessage {
   change?: FieldChange;
 }
 
+/** @compat One live field change as the original crate sends it, to connections that declare no protocol. */
+export interface SeedFieldChangeMessage {
+  type: 'field_change';
+  /** Every field change up to this version for the subscribed entities has been sent. */
+  version: number;
+  change: FieldChange;
+}
+
 /** One field of a `push_fields` message. */
 export interface PushFieldsEntry {
   field: string;
@@ -400,6 +452,8 @@ export type FieldClientMessage =
       entity_id: string | number;
       fields: PushFieldsEntry[];
       client_id?: string;
+      fresh?: boolean;
+      retry?: number | true;
       /** Applies to every field that does not carry its own. */
       mutation_id?: number;
       ref?: string | number;

@@ -8,7 +8,16 @@
  */
 
 import { SyncError } from './errors.js';
-import type { Change, ChangeAction, ColumnSchema, FieldAction, FieldChange, FieldState, Row } from './protocol.js';
+import {
+  type Change,
+  type ChangeAction,
+  type ColumnSchema,
+  ErrorCode,
+  type FieldAction,
+  type FieldChange,
+  type FieldState,
+  type Row,
+} from './protocol.js';
 import type { SchemaIssue } from './standard-schema.js';
 
 /** A synced table as the store found it in the database. */
@@ -187,13 +196,47 @@ export function replayedId(change: ValidatedChange, stored: StoredOutcome | null
   return stored?.status === 'applied' && stored.id !== undefined ? stored.id : change.id;
 }
 
+/**
+ * The exactly-once rule for a client without a record. Records are pruned
+ * after `cleanup`'s client retention; a client coming back after that may
+ * hold mutations the server applied before it forgot them, so a push of an
+ * unknown client whose lowest mutation id is above 1 is refused with 409
+ * `client_unknown` (nothing written), never applied again. A client that
+ * has never had an answer for its id says so with `fresh` (its first
+ * mutations may have been refused without a record), and is recorded.
+ * A client resending mutations it sent before says `retry`: how many ms
+ * ago the first of them left. Without a record, if that was before the
+ * cutoff of a cleanup that pruned client records (`clients_pruned_before`),
+ * the push is refused too, whatever the ids (a first push applied, its
+ * answer lost, then pruned); a later one cannot have lost a record.
+ */
+export const ClientRecord = {
+  /** Whether a push of a client without a record must be refused. */
+  unknown: (
+    push: { fresh?: boolean; retry?: number | null },
+    changes: ReadonlyArray<{ mutationId: number | null }>,
+    prunedBefore: () => number,
+  ): boolean =>
+    (push.retry != null && Date.now() - push.retry <= prunedBefore() && prunedBefore() > 0) ||
+    (!push.fresh && Math.min(...changes.map((change) => change.mutationId ?? Number.POSITIVE_INFINITY)) > 1),
+  error: (): SyncError =>
+    new SyncError(
+      ErrorCode.ClientUnknown,
+      'the server has no exactly-once record for this client_id (pruned after a long absence): its changes may already be applied; start a new client_id',
+      409,
+    ),
+};
+
 /** Everything a store needs to apply one push batch. */
 export interface PushBatch {
   schema: TableSchema;
   /** Key of the exactly-once bookkeeping (per user when authorization is on). */
   clientId: string | null;
-  /** The client id as the client knows it, stamped on the logged changes; defaults to clientId. */
+  /** The writer stamped on the logged changes (`writerOf` the client id, never the id itself); defaults to clientId. */
   origin?: string | null;
+  /** See `ClientRecord`. */
+  fresh?: boolean;
+  retry?: number | null;
   changes: ValidatedChange[];
   /**
    * Called inside the transaction for each change that is not a duplicate.
@@ -269,6 +312,10 @@ export interface Store {
   snapshot(entity: string, limit: number, after?: string, atVersion?: number): Promise<SnapshotPage>;
   /** Lowest cursor still served incrementally; older cursors must refetch. */
   retainedSince(entity: string): Promise<number>;
+  /** The entities whose `retainedSince` is above `since` (the hub's check that cleanup pruned nothing it had yet to read). */
+  prunedAbove(since: number): Promise<Array<{ entity: string; horizon: number; raised: boolean }>>;
+  /** Give these entities a new must-refetch horizon above every cursor handed out so far; returns it. */
+  raiseHorizon(entities: readonly string[]): Promise<number>;
   /** Apply a push batch in one transaction, recording the client's last mutation id in it. */
   push(batch: PushBatch): Promise<AppliedChange[]>;
   /** Rows in an entity's table (progress of a first catch-up). */
@@ -287,7 +334,42 @@ export interface Store {
   cleanup(olderThanMs: number, clientsOlderThanMs: number): Promise<number>;
   /** Call `onChange` soon after any committed write to the log, by anyone. Returns a stop function. */
   watch(onChange: () => void): () => void;
+  /**
+   * Follow the synced tables' schema while the store runs (DDL by anyone: a
+   * migration, another process, another node). Once a table's shape changed
+   * (`shapeFingerprint`), the store has re-installed its capture triggers
+   * (entity and field) and raised the entity's must-refetch horizon, so
+   * `retainedSince` sends every cursor handed out before the change a reset;
+   * then it calls `listener` with the new shapes. Failures (a synced table
+   * renamed or dropped) go to `onError`. Optional: a store without it is
+   * introspected once, at `init`. Only while someone `watch`es. Returns a stop function.
+   */
+  onSchemaChange?(listener: (schemas: TableSchema[]) => void, onError?: (error: unknown) => void): () => void;
   close(): Promise<void>;
+}
+
+/**
+ * A table's shape as one number (a 53-bit hash): its primary key and, in
+ * order, each column's name, wire type, nullability and the type the database
+ * declares (`declaredTypes`, same order). Stores persist it per entity: a
+ * different one at start or after DDL means clients hold rows of another shape.
+ */
+export function shapeFingerprint(schema: TableSchema, declaredTypes: readonly string[]): number {
+  const text = JSON.stringify([
+    schema.primaryKey,
+    schema.columns.map((column, index) => [column.name, column.type, column.nullable, declaredTypes[index] ?? '']),
+  ]);
+  // cyrb53: small, fast, well distributed; no Node or Web crypto in core.
+  let h1 = 0xdeadbeef;
+  let h2 = 0x41c6ce57;
+  for (let index = 0; index < text.length; index++) {
+    const code = text.charCodeAt(index);
+    h1 = Math.imul(h1 ^ code, 2654435761);
+    h2 = Math.imul(h2 ^ code, 1597334677);
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
+  return 4294967296 * (2097151 & h2) + (h1 >>> 0);
 }
 
 // ─── Field-level sync: the optional capability ───────────────────────────────
@@ -425,8 +507,11 @@ export interface FieldPushBatch {
   entity: string;
   /** Key of the exactly-once record, already namespaced by the core with `fieldClientKey` (same table as entity pushes). */
   clientId: string | null;
-  /** The client id as the client knows it, stamped on the written changes; defaults to clientId. */
+  /** The writer stamped on the written changes (`writerOf` the client id, never the id itself); defaults to clientId. */
   origin?: string | null;
+  /** See `ClientRecord`. */
+  fresh?: boolean;
+  retry?: number | null;
   changes: FieldWrite[];
   /**
    * Called inside the transaction for each change that is not a duplicate.

@@ -2,7 +2,17 @@
  * SyncService: the transport-free heart of the engine. Pull, push and schema
  * answers as plain objects; HTTP and WebSocket both call these.
  */
-import { checkWrite, inScope, type LiveScope, scopeChange, scopedClientId, scopeFieldChanges, snapshotUser, stableJson } from './access.js';
+import {
+  checkWrite,
+  inScope,
+  type LiveScope,
+  scopeChange,
+  scopedClientId,
+  scopeFieldChanges,
+  snapshotUser,
+  stableJson,
+  writerOf,
+} from './access.js';
 import type { ResolvedEntity, SyncLimits, SyncUser } from './config.js';
 import { decideWrite } from './conflict.js';
 import { badRequest, SyncError } from './errors.js';
@@ -36,6 +46,8 @@ interface SyncedEntity {
 
 export class SyncService {
   private readonly entities = new Map<string, SyncedEntity>();
+  /** What a snapshot page with more behind it reports as `version` (docs/protocol.md, "Pull"). */
+  private readonly cursors: SnapshotCursors;
 
   constructor(
     readonly store: Store,
@@ -46,6 +58,11 @@ export class SyncService {
     private readonly fieldSync: boolean,
     readonly metrics: SyncMetrics = new SyncMetrics(),
   ) {
+    this.cursors = new SnapshotCursors(
+      (entity, lowest) => this.rowFloor(entity, lowest),
+      (entity) => this.store.retainedSince(entity),
+      limits.maxPullLimit,
+    );
     for (const config of configs) {
       const schema = schemas.find((candidate) => candidate.entity === config.name);
       if (!schema) throw new Error(`rhtmx-sync: no schema for ${config.name}`);
@@ -55,6 +72,12 @@ export class SyncService {
 
   get entityNames(): string[] {
     return [...this.entities.keys()];
+  }
+
+  /** The store followed a schema change: validate, write and publish with the table's new columns from now on. */
+  adoptSchema(schema: TableSchema): void {
+    const entity = this.entities.get(schema.entity);
+    if (entity) this.entities.set(schema.entity, { config: entity.config, schema });
   }
 
   /** The entity, or a 404 that names the known ones. */
@@ -88,7 +111,7 @@ export class SyncService {
     if (params.snapshot) {
       const { version, after } = decodeSnapshotToken(params.snapshot);
       const page = await this.store.snapshot(schema.entity, params.limit, after, version);
-      return this.snapshotResponse(entityName, visible(page), false);
+      return this.continuable(schema.entity, this.snapshotResponse(entityName, visible(page), false));
     }
     const retained = params.since > 0 ? await this.store.retainedSince(schema.entity) : 0;
     if (params.since === 0 || params.since < retained) {
@@ -96,7 +119,7 @@ export class SyncService {
       const page = await this.store.snapshot(schema.entity, params.limit);
       const response = this.snapshotResponse(entityName, visible(page), true);
       if (response.has_more) response.total = await this.store.countRows(schema.entity);
-      return response;
+      return this.continuable(schema.entity, response);
     }
     const page = await this.store.readEntityLog(schema.entity, params.since, params.limit);
     const changes = latestPerRow(page.changes);
@@ -136,6 +159,31 @@ export class SyncService {
     return response;
   }
 
+  /** A snapshot page with more behind it reports the cursor a since-pull continues from; `next` keeps the snapshot's version. */
+  private async continuable(entity: string, response: PullResponse): Promise<PullResponse> {
+    if (response.has_more) response.version = await this.cursors.cursor(entity, response.version, response.total);
+    return response;
+  }
+
+  /**
+   * One pass over the entity's rows: the version below every current row's
+   * latest log entry, never above the pass's own cursor (rows committed after
+   * it come above that); 0 as soon as it falls below `lowest` (a row written
+   * before change capture was installed has version 0).
+   */
+  private async rowFloor(entity: string, lowest: number): Promise<number> {
+    const chunk = this.limits.maxPullLimit;
+    let page = await this.store.snapshot(entity, chunk);
+    const pinned = page.version;
+    let floor = pinned;
+    for (;;) {
+      for (const change of page.changes) floor = Math.min(floor, change.version - 1);
+      if (floor < lowest) return 0;
+      if (page.after === undefined) return floor;
+      page = await this.store.snapshot(entity, chunk, page.after, pinned);
+    }
+  }
+
   async push(entityName: string, body: unknown, user: SyncUser | null = null): Promise<PushResponse> {
     const { schema } = this.entity(entityName);
     const validated = validatePush(body, schema, this.limits);
@@ -146,14 +194,20 @@ export class SyncService {
     return response;
   }
 
-  private async applyPush(entityName: string, { clientId, changes }: ValidatedPush, user: SyncUser | null): Promise<PushResponse> {
+  private async applyPush(
+    entityName: string,
+    { clientId, fresh, retry, changes }: ValidatedPush,
+    user: SyncUser | null,
+  ): Promise<PushResponse> {
     const { config, schema } = this.entity(entityName);
     const policy = { strategy: config.strategy, resolve: config.resolve, clock: this.clock };
     const guarded = config.read !== undefined || config.write !== undefined;
     const applied = await this.store.push({
       schema,
       clientId: scopedClientId(clientId, user),
-      origin: clientId,
+      origin: await writerOf(clientId),
+      fresh,
+      retry,
       changes,
       decide: (change, server, index) => {
         if (guarded) checkWrite(change, server, schema.primaryKey, config, user, index);
@@ -233,6 +287,66 @@ function validateDecision(
   const data = { ...(result.value as Row) };
   delete data[primaryKey];
   return { ...decision, data };
+}
+
+/** How long a failed search for a snapshot cursor is believed before the rows are looked at again, ms. */
+const NO_FLOOR_RETRY_MS = 5 * 60_000;
+
+/**
+ * The `version` a snapshot page reports while more pages follow, for clients
+ * that never follow `next` and pull `since=version` instead (the original
+ * crate's clients, which know no pagination): the highest cursor from which
+ * such a pull, and the incremental pages after it, bring every row the
+ * snapshot has not sent yet. That is a cursor below the latest write of every
+ * current row (cleanup keeps each live row's newest entry, pruning only
+ * superseded entries and deletes), at most the snapshot's own version (so the
+ * rows already sent come again with whatever changed since), and served
+ * incrementally (at or above the retained horizon, `retainedSince`). When
+ * there is none (rows written before change capture was installed; cleanup or
+ * a schema change raised the horizon past old rows), or it is not known yet,
+ * it is 0: a since-pull starts the snapshot over, which loses nothing.
+ *
+ * A floor is read by one pass over the rows (`scan`). Rows only ever move to
+ * higher versions and rows written later come above the pass's cursor, so a
+ * floor once found stays true for the process's life; a failed search is
+ * retried after NO_FLOOR_RETRY_MS. A page waits for the pass only when the
+ * table is small enough for it to be one read (`waitRows`); for a bigger one
+ * the pass runs behind the answer, which says 0 until it is done, so our own
+ * client (which follows `next`) never waits for it. Shared by entity and
+ * field pulls.
+ */
+export class SnapshotCursors {
+  private readonly floors = new Map<string, { floor: Promise<number>; value?: number; until: number }>();
+
+  constructor(
+    /** A floor for the entity, or 0 once it would fall below `lowest`. */
+    private readonly scan: (entity: string, lowest: number) => Promise<number>,
+    private readonly retainedSince: (entity: string) => Promise<number>,
+    private readonly waitRows: number,
+  ) {}
+
+  /** The cursor a page of a snapshot at `version` of a table of `rows` rows (when known) reports while more pages follow. */
+  async cursor(entity: string, version: number, rows?: number): Promise<number> {
+    const lowest = Math.max(1, await this.retainedSince(entity));
+    const known = this.floor(entity, lowest);
+    const floor = known.value ?? (rows !== undefined && rows <= this.waitRows ? await known.floor : 0);
+    return Math.min(floor, version) >= lowest ? Math.min(floor, version) : 0;
+  }
+
+  private floor(entity: string, lowest: number): { floor: Promise<number>; value?: number } {
+    const known = this.floors.get(entity);
+    if (known && Date.now() < known.until) return known;
+    const entry: { floor: Promise<number>; value?: number; until: number } = {
+      floor: this.scan(entity, lowest).catch(() => 0),
+      until: Number.POSITIVE_INFINITY,
+    };
+    this.floors.set(entity, entry);
+    void entry.floor.then((floor) => {
+      entry.value = floor;
+      if (floor === 0) entry.until = Date.now() + NO_FLOOR_RETRY_MS;
+    });
+    return entry;
+  }
 }
 
 /** base64url (RFC 4648 §5, unpadded) of a string's UTF-8 bytes, with Web APIs only (core runs beyond Node). */

@@ -6,8 +6,9 @@
 import type { SyncLimits } from './config.js';
 import { badRequest, SyncError } from './errors.js';
 import { parseClientTimestamp } from './hlc.js';
-import { type ChangeAction, ErrorCode, type PushChange, type Row } from './protocol.js';
+import { type ChangeAction, type ColumnSchema, ErrorCode, type PushChange, type Row } from './protocol.js';
 import type { TableSchema, ValidatedChange } from './store.js';
+import { decideValue, stringProblem, ValueError } from './values.js';
 
 const ACTIONS: ReadonlySet<string> = new Set(['create', 'update', 'delete']);
 /** Client ids are opaque but bounded: letters, digits and a few separators. */
@@ -65,21 +66,39 @@ export const isPlainObject = (value: unknown): value is Record<string, unknown> 
  * The envelope every push shares, entity and field-level alike: a JSON object
  * with an optional bounded `client_id` and a bounded `changes` array.
  */
-export function pushEnvelope(body: unknown, limits: Pick<SyncLimits, 'maxPushChanges'>): { clientId: string | null; changes: unknown[] } {
+export function pushEnvelope(
+  body: unknown,
+  limits: Pick<SyncLimits, 'maxPushChanges'>,
+): { clientId: string | null; fresh: boolean; retry: number | null; changes: unknown[] } {
   if (!isPlainObject(body)) throw badRequest('push body must be a JSON object');
   const clientId = body.client_id ?? null;
   if (clientId !== null && (typeof clientId !== 'string' || !CLIENT_ID.test(clientId))) {
     throw badRequest('client_id must be 1-128 characters of letters, digits, "_", ".", ":" or "-"');
   }
+  if (body.fresh !== undefined && typeof body.fresh !== 'boolean') throw badRequest('fresh must be true or false');
+  const retry = body.retry;
+  if (retry !== undefined && retry !== true && !(typeof retry === 'number' && Number.isFinite(retry) && retry >= 0)) {
+    throw badRequest('retry must be the milliseconds since the first of these mutations was sent (or true)');
+  }
   if (!Array.isArray(body.changes)) throw badRequest('push body needs a "changes" array');
   if (body.changes.length > limits.maxPushChanges) {
     throw new SyncError(ErrorCode.TooLarge, `at most ${limits.maxPushChanges} changes per push`, 413);
   }
-  return { clientId, changes: body.changes };
+  // `true`: sent before, when unknown; as old as anything.
+  return {
+    clientId,
+    fresh: body.fresh === true,
+    retry: retry === undefined ? null : retry === true ? Number.MAX_SAFE_INTEGER : retry,
+    changes: body.changes,
+  };
 }
 
 export interface ValidatedPush {
   clientId: string | null;
+  /** The client says the server has never answered this id, or that it sent some of these before (core/store.ts ClientRecord). */
+  fresh: boolean;
+  /** Ms since the first of these mutations was first sent, when some were sent before. */
+  retry: number | null;
   changes: ValidatedChange[];
 }
 
@@ -103,26 +122,33 @@ export function validatePush(body: unknown, schema: TableSchema, limits: Pick<Sy
     }
     return change;
   });
-  return { clientId, changes };
+  return { clientId, fresh: envelope.fresh, retry: envelope.retry, changes };
 }
 
-const columnNames = new WeakMap<TableSchema, Set<string>>();
-function columnsOf(schema: TableSchema): Set<string> {
-  let names = columnNames.get(schema);
-  if (!names) {
-    names = new Set(schema.columns.map((column) => column.name));
-    columnNames.set(schema, names);
+const columnMaps = new WeakMap<TableSchema, Map<string, ColumnSchema>>();
+function columnsOf(schema: TableSchema): Map<string, ColumnSchema> {
+  let columns = columnMaps.get(schema);
+  if (!columns) {
+    columns = new Map(schema.columns.map((column) => [column.name, column]));
+    columnMaps.set(schema, columns);
   }
-  return names;
+  return columns;
 }
 
-/** Normalise a row id to the string form used in the change log. */
+/**
+ * Normalise a row id to the string form used in the change log: a string of
+ * at most 256 characters, or a finite number. NUL and unpaired surrogates are
+ * refused on every store (core/values.ts).
+ */
 export function normaliseId(raw: unknown, where: string): string | null {
   if (raw === null || raw === undefined || raw === '') return null;
   if (typeof raw === 'number' && Number.isFinite(raw)) return String(raw);
-  // NUL cannot be stored in PostgreSQL text; refuse it everywhere so both stores answer alike.
-  if (typeof raw === 'string' && raw.length <= 256 && !raw.includes('\u0000')) return raw;
-  throw badRequest(`${where}: id must be a string (at most 256 characters, no NUL) or a finite number`);
+  if (typeof raw === 'string' && raw.length <= 256) {
+    const problem = stringProblem(raw);
+    if (problem) throw badRequest(`${where}: id ${problem}`);
+    return raw;
+  }
+  throw badRequest(`${where}: id must be a string (at most 256 characters) or a finite number`);
 }
 
 function validateChange(raw: unknown, index: number, schema: TableSchema): ValidatedChange {
@@ -158,14 +184,16 @@ function validateChange(raw: unknown, index: number, schema: TableSchema): Valid
     if (!isPlainObject(change.data)) throw badRequest(`${where}: data must be an object`);
     const columns = columnsOf(schema);
     for (const [key, value] of Object.entries(change.data)) {
-      if (!columns.has(key)) {
+      const column = columns.get(key);
+      if (!column) {
         throw new SyncError(
           ErrorCode.UnknownColumn,
           `${where}: unknown column ${JSON.stringify(key.slice(0, 64))} for ${schema.entity}`,
           400,
         );
       }
-      data[key] = normaliseValue(value, `${where}.data.${key}`);
+      // The key is checked as the id below; every other value is decided for its column now (400 when it cannot be stored).
+      data[key] = key === schema.primaryKey ? value : decidedValue(column, value, where);
     }
   }
   const dataId = data[schema.primaryKey];
@@ -180,13 +208,16 @@ function validateChange(raw: unknown, index: number, schema: TableSchema): Valid
   return { mutationId, id, action, data, baseVersion, timestamp };
 }
 
-/** Values a SQL column can hold; objects and arrays are stored as JSON text. */
-function normaliseValue(value: unknown, where: string): unknown {
-  if (value === null || typeof value === 'string' || typeof value === 'number') {
-    if (typeof value === 'number' && !Number.isFinite(value)) throw badRequest(`${where}: numbers must be finite`);
-    return value;
+/**
+ * A pushed value as its column holds it, in the row's JSON shape (core/values.ts
+ * decides); a value the column cannot hold refuses the push (400) naming the
+ * column and the rule.
+ */
+export function decidedValue(column: ColumnSchema, value: unknown, where: string): unknown {
+  try {
+    return decideValue(column, value);
+  } catch (error) {
+    if (error instanceof ValueError) throw badRequest(`${where}: ${error.message}`);
+    throw error;
   }
-  if (typeof value === 'boolean') return value;
-  if (typeof value === 'object') return JSON.stringify(value);
-  throw badRequest(`${where}: unsupported value`);
 }

@@ -19,7 +19,7 @@ import { type FieldAction, type FieldPushResult, type LatestFieldsResponse, ROW_
 import { type ChangedDetail, changeEvents, dispatch, type RowChange } from '../events.js';
 import { tabChannel } from '../leader.js';
 import { openDb } from '../local/idb.js';
-import { clientIdIn, type StoredRow } from '../local/replica.js';
+import type { StoredRow } from '../local/replica.js';
 import { META } from '../local/store.js';
 import { http, type SyncHttpError } from '../net/http.js';
 import { pushResults } from '../net/rpc.js';
@@ -79,7 +79,6 @@ export function createFieldSync(options: FieldSyncOptions): FieldSync {
   const server = http(base);
   const log = (...args: unknown[]) => sync.log('field', ...args);
   const path = (...parts: string[]) => parts.map((part) => `/${encodeURIComponent(part)}`).join('');
-  let clientId = '';
   let leader = false;
   const watched = new Set<string>();
 
@@ -107,9 +106,9 @@ export function createFieldSync(options: FieldSyncOptions): FieldSync {
 
   const socket = fieldSocket(`${base.replace(/^http/, 'ws')}/ws`, () => void flush());
 
-  const send: FieldOutboxOptions['send'] = (entity, id, changes) =>
-    pushResults<FieldPushResult>(socket.request({ type: 'push_fields', entity, entity_id: id, client_id: clientId, fields: changes }), () =>
-      server(path(entity), { client_id: clientId, changes }),
+  const send: FieldOutboxOptions['send'] = (entity, id, changes, as) =>
+    pushResults<FieldPushResult>(socket.request({ type: 'push_fields', entity, entity_id: id, ...as, fields: changes }), () =>
+      server(path(entity), { ...as, changes }),
     );
 
   /** A row's fields as the server has them now: on the socket when it answers, else over HTTP; null when not found. */
@@ -177,8 +176,6 @@ export function createFieldSync(options: FieldSyncOptions): FieldSync {
 
   const started = (async () => {
     const queue = await db.write([META, FIELD_OUTBOX, FIELD_SEEN], async (tx) => {
-      // The browser's client id, shared with the entity client (the server keeps field and entity pushes apart).
-      clientId = await clientIdIn(tx);
       return tx.all<StoredFieldChange>(FIELD_OUTBOX);
     });
     for (const entity of options.entities ?? []) watch(entity);

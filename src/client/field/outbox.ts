@@ -30,7 +30,7 @@ import type { RowChange } from '../events.js';
 import { hlcNow, hlcObserve } from '../hlc.js';
 import { knownVersion, type StoredRow } from '../local/replica.js';
 import { type Db, META, type Tx } from '../local/store.js';
-import { type Flusher, flusher, type QueueHost } from '../queue/flusher.js';
+import { type Flusher, flusher, type QueueHost, type SendAs } from '../queue/flusher.js';
 
 /** The field outbox, keyed (and so ordered) by the field mutation id. */
 export const FIELD_OUTBOX = 'rhtmx:field-outbox';
@@ -75,7 +75,7 @@ export interface FieldConflictDetail {
 /** What the field outbox needs from the client. */
 export interface FieldOutboxOptions extends QueueHost {
   /** Send one row's field changes; resolves with one result per change, in order. */
-  send(entity: string, id: string, changes: FieldPushChange[]): Promise<FieldPushResult[]>;
+  send(entity: string, id: string, changes: FieldPushChange[], as: SendAs): Promise<FieldPushResult[]>;
   /** The server's current fields of a row (null: the row never existed). */
   latest(entity: string, id: string): Promise<LatestFieldsResponse | null>;
   changed(rows: RowChange[]): void;
@@ -222,13 +222,16 @@ export function fieldFlusher(options: FieldOutboxOptions): Flusher {
   return flusher<StoredFieldChange, FieldPushResult>({
     ...options,
     store: FIELD_OUTBOX,
+    identity: 'fid',
+    key: (change) => change.id,
     fits: (batch, change) =>
       change.entity === batch[0]?.entity && change.entity_id === batch[0].entity_id && !batch.some((other) => other.field === change.field),
-    send: (batch) =>
+    send: (batch, as) =>
       options.send(
         (batch[0] as StoredFieldChange).entity,
         (batch[0] as StoredFieldChange).entity_id,
         batch.map(({ id, entity, ...change }) => ({ ...change, mutation_id: id })),
+        as,
       ),
     rejected: ({ id, entity_id, field }, reason) => ({ mutation_id: id, entity_id, field, status: 'rejected', reason }),
     settle,

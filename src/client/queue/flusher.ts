@@ -12,9 +12,18 @@
  * - A refused request (`SyncHttpError.refused`) is split until one entry is
  *   left, which settles as rejected: one bad entry never blocks the queue.
  * - Server changes wait while a batch is in flight (`idle`, the push gate).
+ * - Each queue pushes as its own client (`sendAs`): the browser's id, plus a
+ *   generation once the server forgot it. Before a batch leaves, the highest
+ *   key ever sent is durable; `fresh` goes with every push until one is
+ *   answered. When the server has forgotten the client (409
+ *   `client_unknown`, after its record was pruned), the entries sent before
+ *   may or may not be applied: they settle as rejected (the log brings the
+ *   server's rows), and the rest go on as a new, fresh client. Nothing is
+ *   applied twice.
  */
 
-import type { Db } from '../local/store.js';
+import { clientIdIn } from '../local/replica.js';
+import { type Db, META } from '../local/store.js';
 import { backoff } from '../net/connection.js';
 import { SyncHttpError } from '../net/http.js';
 
@@ -31,18 +40,33 @@ export interface QueueHost {
   log(...args: unknown[]): void;
 }
 
+/** Who a batch is sent as. */
+export interface SendAs {
+  client_id: string;
+  /** No push of this id has been answered yet, and none of these were sent before (core/store.ts ClientRecord). */
+  fresh?: true;
+  /** Some of these were sent before: ms since the first of them left (true: unknown). */
+  retry?: number | true;
+}
+
 /** What the flusher needs to know about one queue. */
 export interface QueueOptions<Entry, Result> extends QueueHost {
   /** The queue's store; its key order is the send order. */
   store: string;
+  /** META key of the queue's identity. */
+  identity: string;
+  /** An entry's key: its mutation id. */
+  key(entry: Entry): number;
   /** Whether `entry` may join `batch` (which starts with the queue's head). */
   fits(batch: Entry[], entry: Entry): boolean;
   /** Send one batch; resolves with its results. */
-  send(batch: Entry[]): Promise<Result[]>;
+  send(batch: Entry[], as: SendAs): Promise<Result[]>;
   /** The result standing for a lone entry whose request the server refused. */
   rejected(entry: Entry, reason: string): Result;
   /** Apply the answers, one per entry (and remove the entries), in one transaction. */
   settle(batch: Entry[], results: Result[]): Promise<void>;
+  /** After `client_unknown`: these entries, settled as rejected, may have been applied; their rows need the server's state. */
+  forgotten?(lost: Entry[]): Promise<void>;
 }
 
 /** A queue's flusher: call it whenever there may be something to send. */
@@ -69,9 +93,22 @@ export interface Flusher {
 /** A storage failure, not a network one: IndexedDB rejects with DOMExceptions, a request deadline with `TimeoutError`. */
 export const isStorageError = (error: unknown): boolean => error instanceof DOMException && error.name !== 'TimeoutError';
 
+/**
+ * A queue's identity in META: its generation, the highest key it sent,
+ * whether a push of it was answered, and when the last batch of new keys
+ * (from `f`) first left.
+ */
+interface Identity {
+  g?: number;
+  s?: number;
+  k?: 1;
+  t?: number;
+  f?: number;
+}
+
 /** The flusher of one queue: call it whenever there may be something to send. */
 export function flusher<Entry, Result>(options: QueueOptions<Entry, Result>): Flusher {
-  const { db, store } = options;
+  const { db, store, identity, key } = options;
   let gate = Promise.resolve();
   let running = false;
   let again = false;
@@ -105,9 +142,40 @@ export function flusher<Entry, Result>(options: QueueOptions<Entry, Result>): Fl
         });
         try {
           let results: Result[];
+          // `before`: the identity as this batch found it; `sent` the highest key that left before it.
+          const [as, before] = await db.write([META], async (tx): Promise<[SendAs, Identity]> => {
+            const self = (await tx.get<Identity>(META, identity)) ?? {};
+            const first = key(batch[0] as Entry);
+            const top = key(batch.at(-1) as Entry);
+            const id = await clientIdIn(tx);
+            const client_id = self.g ? `${id}.${self.g}` : id;
+            // Sent before: the server may have applied it, and must not take this for a new client.
+            if (first <= (self.s ?? 0)) {
+              if (top > (self.s ?? 0)) tx.put(META, { ...self, s: top }, identity);
+              return [{ client_id, retry: self.t && first >= (self.f ?? 1) ? Date.now() - self.t : true }, self];
+            }
+            tx.put(META, { ...self, s: top, t: Date.now(), f: first }, identity);
+            // A queue that sent before identities were kept (its first key is not 1) was answered then.
+            return [!self.k && (self.g || self.s || first === 1) ? { client_id, fresh: true } : { client_id }, self];
+          });
+          const sent = before.s ?? 0;
           try {
-            results = await options.send(batch);
+            results = await options.send(batch, as);
+            if (!before.k)
+              await db.write([META], async (tx) => tx.put(META, { ...(await tx.get<Identity>(META, identity)), k: 1 }, identity));
           } catch (error) {
+            // The server answered no (4xx, or a socket error reply): nothing of it was applied, so none of it counts as sent.
+            if (error instanceof SyncHttpError && error.status < 500) await db.write([META], (tx) => tx.put(META, before, identity));
+            if (error instanceof SyncHttpError && error.code === 'client_unknown') {
+              // Nothing of this batch was applied (409); what left before may have been.
+              const lost = await db.write([META, store], async (tx) => {
+                tx.put(META, { g: ((await tx.get<Identity>(META, identity))?.g ?? 0) + 1 }, identity);
+                return (await tx.all<Entry>(store)).filter((entry) => key(entry) <= sent);
+              });
+              for (const entry of lost) await options.settle([entry], [options.rejected(entry, error.message)]);
+              await options.forgotten?.(lost);
+              continue;
+            }
             if (!(error instanceof SyncHttpError && error.refused)) throw error;
             if (batch.length > 1) {
               limit = 1;

@@ -17,11 +17,11 @@
 import type { ChangeAction, ClientMessage, PushChange, PushResult, Row, ServerMessage } from '../../core/protocol.js';
 import type { RowChange } from '../events.js';
 import { hlcNow, uuid } from '../hlc.js';
-import { applyLocal, knownVersion, type OutboxEntry, pendingFor, type StoredRow } from '../local/replica.js';
+import { applyLocal, cursorKey, knownVersion, type OutboxEntry, pendingFor, type StoredRow } from '../local/replica.js';
 import { type Db, META, OUTBOX } from '../local/store.js';
 import type { Http } from '../net/http.js';
 import { pushResults } from '../net/rpc.js';
-import { type Flusher, flusher, type QueueHost } from './flusher.js';
+import { type Flusher, flusher, type QueueHost, type SendAs } from './flusher.js';
 
 /** What `push(entity, change)` takes. */
 export interface LocalChange {
@@ -55,7 +55,9 @@ export async function enqueue(db: Db, entity: string, change: LocalChange): Prom
       id,
       action: change.action,
       data: change.data ?? null,
-      base_version: change.base_version ?? knownVersion(prev),
+      // A row only pending changes made (its server row gone meanwhile) is based on what they were based on.
+      base_version:
+        change.base_version ?? knownVersion(prev) ?? (await pendingFor(tx, entity)).filter((other) => other.id === id).at(-1)?.base_version,
       timestamp: hlcNow(),
       prev,
     };
@@ -68,20 +70,22 @@ export async function enqueue(db: Db, entity: string, change: LocalChange): Prom
 
 /** A sender over the live WebSocket when there is one (`ws` returns null otherwise), else HTTP POST. */
 export const sender =
-  (http: Http, clientId: () => string, ws: (message: ClientMessage) => Promise<ServerMessage | null> | null): OutboxOptions['send'] =>
-  (entity, changes) => {
-    const body = { client_id: clientId(), changes };
+  (http: Http, ws: (message: ClientMessage) => Promise<ServerMessage | null> | null): OutboxOptions['send'] =>
+  (entity, changes, as) => {
+    const body = { ...as, changes };
     return pushResults<PushResult>(ws({ type: 'push', entity, ...body }), () => http(`/${encodeURIComponent(entity)}`, body));
   };
 
 /** What the entity outbox needs from the client. */
 export interface OutboxOptions extends QueueHost {
   /** Send one batch of one entity; resolves with per-change results. */
-  send(entity: string, changes: PushChange[]): Promise<PushResult[]>;
+  send(entity: string, changes: PushChange[], as: SendAs): Promise<PushResult[]>;
   /** Whether the entity's key is an integer the database assigns (then creates are sent without our temporary id). */
   integerKey(entity: string): Promise<boolean>;
   changed(rows: RowChange[]): void;
   conflict(detail: ConflictDetail): void;
+  /** Pull again from the cursors in META (a reconnect). */
+  refetch(): void;
 }
 
 /** The entity outbox's flusher: call it whenever there may be something to send. */
@@ -143,17 +147,27 @@ export function outboxFlusher(options: OutboxOptions): Flusher {
   return flusher<OutboxEntry, PushResult>({
     ...options,
     store: OUTBOX,
+    identity: 'id',
+    key: (entry) => entry.mutation_id,
     fits: (batch, entry) => entry.entity === batch[0]?.entity && !batch.some((other) => other.id === entry.id),
-    async send(batch) {
+    async send(batch, as) {
       const { entity } = batch[0] as OutboxEntry;
       const keyless = batch.some((entry) => entry.tmp) && (await options.integerKey(entity));
       // Only the wire fields: the entity is the request's, `prev` and `tmp` are this browser's.
       return options.send(
         entity,
         batch.map(({ entity, prev, tmp, ...change }) => ({ ...change, id: tmp && keyless ? undefined : change.id })),
+        as,
       );
     },
     rejected: ({ mutation_id, id }, reason) => ({ mutation_id, id, status: 'rejected', reason }),
     settle,
+    // Whether the server applied them is unknown: their entities are fetched whole again (a reset snapshot).
+    async forgotten(lost) {
+      await db.write([META], (tx) => {
+        for (const { entity } of lost) tx.delete(META, cursorKey(entity));
+      });
+      options.refetch();
+    },
   });
 }

@@ -91,7 +91,9 @@ export function decideField(policy: FieldPolicy, clientId: string | null, change
     return { kind: 'conflict', reason: `${conflictReason(policy.strategy, change.baseVersion)} (row changed after the delete)` };
   }
   if (!state.exists) {
-    if (state.tombstone === null) return write(state.field);
+    // No tombstone: a new row, unless the client saw a version of the field (cleanup pruned the delete).
+    if (state.tombstone === null && (change.baseVersion ?? 0) <= 0) return write(state.field);
+    if (state.tombstone === null) return { kind: 'conflict', reason: 'the row was deleted on the server' };
     // Updating a deleted row re-creates it only when the update is ordered after the delete.
     if (allowed(state.tombstone)) return write(state.tombstone);
     return { kind: 'conflict', reason: 'the row was deleted on the server' };

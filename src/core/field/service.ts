@@ -5,7 +5,7 @@
  * read scopes are the entity service's: a user receives and writes only fields
  * of rows inside their scope, judged by the same rules as entity sync.
  */
-import { checkWrite, inScope, scopedClientId, scopeFieldChanges } from '../access.js';
+import { checkWrite, inScope, scopedClientId, scopeFieldChanges, writerOf } from '../access.js';
 import type { FieldMergeStrategy, ResolvedEntity, SyncLimits, SyncUser } from '../config.js';
 import { badRequest } from '../errors.js';
 import type { HybridClock } from '../hlc.js';
@@ -20,7 +20,7 @@ import {
   type RowWrite,
   type RowWriteCheck,
 } from '../store.js';
-import { decodeSnapshotToken, encodeSnapshotToken, type PullParams, type SyncService } from '../sync-service.js';
+import { decodeSnapshotToken, encodeSnapshotToken, type PullParams, SnapshotCursors, type SyncService } from '../sync-service.js';
 import { normaliseId } from '../validation.js';
 import { decideField, type FieldPolicy } from './merge.js';
 import { coerceFieldValue, fieldColumns, validateFieldPush } from './validation.js';
@@ -31,6 +31,8 @@ type EntityTarget = FieldTarget & { config: ResolvedEntity };
 export class FieldService {
   private readonly targets = new Map<string, EntityTarget>();
   private readonly policy: FieldPolicy;
+  /** What a snapshot page with more behind it reports as `version` (docs/protocol.md, "Pull"). */
+  private readonly cursors: SnapshotCursors;
 
   constructor(
     readonly store: FieldStore,
@@ -41,6 +43,11 @@ export class FieldService {
     private readonly limits: SyncLimits,
   ) {
     this.policy = { strategy, clock };
+    this.cursors = new SnapshotCursors(
+      (entity, lowest) => this.fieldFloor(entity, lowest),
+      (entity) => entities.store.retainedSince(entity),
+      limits.maxPullLimit,
+    );
     for (const name of entities.entityNames) {
       const { schema, config } = entities.entity(name);
       this.targets.set(name, { schema, config, fields: fieldColumns(schema.columns) });
@@ -49,6 +56,13 @@ export class FieldService {
 
   get entityNames(): string[] {
     return [...this.targets.keys()];
+  }
+
+  /** The entity's table changed shape (the entity service adopted it first): its fields are the new columns. */
+  adoptSchema(name: string): void {
+    if (!this.targets.has(name)) return;
+    const { schema, config } = this.entities.entity(name);
+    this.targets.set(name, { schema, config, fields: fieldColumns(schema.columns) });
   }
 
   /** How live field changes look to `user`: the entity service's read scopes, applied to fields. */
@@ -97,11 +111,51 @@ export class FieldService {
         has_more: page.after !== undefined,
       };
       if (!token) response.reset = true;
-      if (page.after !== undefined) response.next = encodeSnapshotToken(page.version, page.after);
+      if (page.after !== undefined) {
+        response.next = encodeSnapshotToken(page.version, page.after);
+        // More follows: `version` is where a since-pull continues (SnapshotCursors); `next` keeps the snapshot's.
+        const rows = token ? undefined : await this.entities.store.countRows(entity);
+        response.version = await this.cursors.cursor(entity, page.version, rows);
+      }
       return response;
     }
     const page = await this.store.readChanges(params.since, params.limit, entity);
     return { entity, version: page.version, changes: await this.visible(target, page.changes, user, false), has_more: page.hasMore };
+  }
+
+  /**
+   * A field since-pull reads the field bookkeeping, which records a row's
+   * fields from its first write after field sync was installed on: rows not
+   * written since carry the row's log version in snapshots but no record. So
+   * a floor needs two passes: the version below every field of every current
+   * row (never above the first pass's cursor), then proof that each of those
+   * rows has records above it (a row with one has all). 0 when either fails
+   * or the floor falls below `lowest`.
+   */
+  private async fieldFloor(entity: string, lowest: number): Promise<number> {
+    const chunk = this.limits.maxPullLimit;
+    const rows = Math.max(1, Math.floor(chunk / Math.max(1, this.target(entity).fields.length)));
+    let page = await this.store.snapshot(entity, rows);
+    const pinned = page.version;
+    let floor = pinned;
+    const unproven = new Set<string>();
+    for (;;) {
+      for (const change of page.changes) {
+        floor = Math.min(floor, change.version - 1);
+        unproven.add(change.entity_id);
+      }
+      if (floor < lowest) return 0;
+      if (page.after === undefined) break;
+      page = await this.store.snapshot(entity, rows, page.after, pinned);
+    }
+    for (let since = floor; unproven.size > 0; ) {
+      // A row deleted meanwhile shows up as its tombstone.
+      const records = await this.store.readChanges(since, chunk, entity);
+      for (const change of records.changes) unproven.delete(change.entity_id);
+      if (!records.hasMore) break;
+      since = records.version;
+    }
+    return unproven.size === 0 ? floor : 0;
   }
 
   /** The changes `user` may see, judged by the rows as they are now. */
@@ -121,15 +175,18 @@ export class FieldService {
   /** Apply a field push as `user` (null without an authorize hook). */
   async push(entity: string, body: unknown, user: SyncUser | null = null): Promise<FieldPushResponse> {
     const target = this.target(entity);
-    const { clientId, changes } = validateFieldPush(body, target, this.limits);
+    const { clientId, fresh, retry, changes } = validateFieldPush(body, target, this.limits);
     const { config } = target;
+    const writer = await writerOf(clientId);
     const outcomes = await this.store.push({
       entity,
       // Exactly-once bookkeeping is per user: the same client id from two users never collides.
       clientId: clientId === null ? null : fieldClientKey(scopedClientId(clientId, user) as string),
-      origin: clientId,
+      origin: writer,
+      fresh,
+      retry,
       changes,
-      decide: (change, state) => decideField(this.policy, clientId, change, state),
+      decide: (change, state) => decideField(this.policy, writer, change, state),
       prepareWrite: config.write || config.read || config.schema ? (write) => checkRowWrite(target, write, user) : undefined,
     });
     const results = outcomes.map(toResult);

@@ -1,22 +1,27 @@
 /**
  * Validation of field pushes. Structural mistakes (unknown field, the primary
- * key, a malformed change) refuse the whole push with a 4xx before anything
- * is written: they are client bugs. A value that cannot be stored in its
- * column (text for an integer, null for NOT NULL) rejects only that change,
- * so one bad edit never wedges a client's queue.
+ * key, a malformed change) and values their column cannot hold (text for an
+ * integer, an object for text, NUL: core/values.ts decides, as for entity
+ * pushes) refuse the whole push with a 4xx before anything is written: they
+ * are client bugs, and the client's flusher sends the changes of a refused
+ * push one by one, so one bad edit never wedges its queue. What the database
+ * refuses (NOT NULL, UNIQUE, CHECK) rejects only that change.
  */
 import type { SyncLimits } from '../config.js';
 import { badRequest, SyncError } from '../errors.js';
 import { parseClientTimestamp } from '../hlc.js';
 import { type ColumnSchema, ErrorCode, type FieldAction, ROW_FIELD } from '../protocol.js';
 import type { FieldTarget, FieldValue, FieldWrite } from '../store.js';
-import { isPlainObject, normaliseId, pushEnvelope } from '../validation.js';
+import { decidedValue, isPlainObject, normaliseId, pushEnvelope } from '../validation.js';
+import { columnValue, ValueError } from '../values.js';
 
 /** Columns field sync can address: their names are spliced into JSON paths inside the capture trigger. */
 export const FIELD_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
 
 export interface ValidatedFieldPush {
   clientId: string | null;
+  fresh: boolean;
+  retry: number | null;
   changes: FieldWrite[];
 }
 
@@ -27,7 +32,7 @@ export function fieldColumns(columns: readonly ColumnSchema[]): ColumnSchema[] {
 
 /** Validate `POST /api/field-sync/:entity` bodies (and `push_fields`, rewritten to this shape). */
 export function validateFieldPush(body: unknown, target: FieldTarget, limits: Pick<SyncLimits, 'maxPushChanges'>): ValidatedFieldPush {
-  const { clientId, changes: raw } = pushEnvelope(body, limits);
+  const { clientId, fresh, retry, changes: raw } = pushEnvelope(body, limits);
   let lastMutation = -1;
   const changes = raw.map((raw, index) => {
     const change = validateFieldChange(raw, `changes[${index}]`, target);
@@ -39,7 +44,7 @@ export function validateFieldPush(body: unknown, target: FieldTarget, limits: Pi
     }
     return change;
   });
-  return { clientId, changes };
+  return { clientId, fresh, retry, changes };
 }
 
 function optionalCount(value: unknown, what: string): number | null {
@@ -78,94 +83,23 @@ function validateFieldChange(raw: unknown, where: string, target: FieldTarget): 
     throw new SyncError(ErrorCode.UnknownColumn, `${where}: unknown field ${JSON.stringify(field.slice(0, 64))} for ${schema.entity}`, 400);
   }
   if (action === 'update' && !('value' in raw)) throw badRequest(`${where}: update needs a value`);
-  // Deleting a single field clears it.
+  // Deleting a single field clears it. NOT NULL is the database's to refuse (a rejected change).
   const clientValue = action === 'delete' ? null : raw.value;
-  const coerced = coerceFieldValue(column, clientValue);
-  return {
-    ...base,
-    value: coerced.ok ? coerced.value : null,
-    json: coerced.ok ? fieldJson(column, coerced.value) : null,
-    clientValue,
-    invalid: coerced.ok ? null : `${field}: ${coerced.reason}`,
-  };
-}
-
-/** A coerced value as the row's JSON shows it: what clients read back, and what rules and schemas see. */
-export function fieldJson(column: ColumnSchema, value: FieldValue): unknown {
-  if (value === null) return null;
-  if (value instanceof Uint8Array) return toHex(value);
-  if (column.type === 'json' && typeof value === 'string') {
-    try {
-      return JSON.parse(value);
-    } catch {
-      return value;
-    }
-  }
-  return value;
+  const json = decidedValue(column, clientValue, where);
+  return { ...base, value: columnValue(column, json), json, clientValue, invalid: null };
 }
 
 type Coerced = { ok: true; value: FieldValue } | { ok: false; reason: string };
 
-const INTEGER_TEXT = /^\s*-?\d{1,16}\s*$/;
-const NUMBER_TEXT = /^\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$/;
-const HEX = /^(?:[0-9a-fA-F]{2})*$/;
-
 /**
- * Coerce a JSON value to what the column stores: form-ish strings become
- * numbers and booleans, numbers become text for text columns, objects become
- * JSON text. Anything that would change meaning is refused instead.
+ * A value (an app schema's output) as its column binds it, by the one value
+ * semantics of core/values.ts, or why it cannot be stored.
  */
 export function coerceFieldValue(column: ColumnSchema, value: unknown): Coerced {
-  if (value === null || value === undefined) {
-    return column.nullable ? { ok: true, value: null } : { ok: false, reason: 'cannot be null' };
+  try {
+    return { ok: true, value: columnValue(column, value) };
+  } catch (error) {
+    if (error instanceof ValueError) return { ok: false, reason: error.rule };
+    throw error;
   }
-  switch (column.type) {
-    case 'integer': {
-      if (typeof value === 'boolean') return { ok: true, value: value ? 1 : 0 };
-      const number = typeof value === 'string' && INTEGER_TEXT.test(value) ? Number(value) : value;
-      if (typeof number === 'number' && Number.isSafeInteger(number)) return { ok: true, value: number };
-      return { ok: false, reason: 'must be an integer' };
-    }
-    case 'number': {
-      if (typeof value === 'boolean') return { ok: true, value: value ? 1 : 0 };
-      const number = typeof value === 'string' && NUMBER_TEXT.test(value) ? Number(value) : value;
-      if (typeof number === 'number' && Number.isFinite(number)) return { ok: true, value: number };
-      return { ok: false, reason: 'must be a finite number' };
-    }
-    case 'boolean': {
-      if (typeof value === 'boolean') return { ok: true, value };
-      if (value === 0 || value === 1) return { ok: true, value: value === 1 };
-      if (typeof value === 'string') {
-        const text = value.trim().toLowerCase();
-        if (['true', '1', 'on', 'yes'].includes(text)) return { ok: true, value: true };
-        if (['false', '0', 'off', 'no', ''].includes(text)) return { ok: true, value: false };
-      }
-      return { ok: false, reason: 'must be a boolean' };
-    }
-    case 'json':
-      return { ok: true, value: JSON.stringify(value) };
-    case 'blob':
-      if (typeof value === 'string' && HEX.test(value)) return { ok: true, value: fromHex(value) };
-      return { ok: false, reason: 'must be a hex string' };
-    default: {
-      if (typeof value === 'string') return { ok: true, value };
-      if (typeof value === 'number')
-        return Number.isFinite(value) ? { ok: true, value: String(value) } : { ok: false, reason: 'must be finite' };
-      if (typeof value === 'boolean') return { ok: true, value: String(value) };
-      return { ok: true, value: JSON.stringify(value) };
-    }
-  }
-}
-
-/** Upper-case hex of bytes, as SQLite's hex() and the row JSON show blobs. */
-function toHex(bytes: Uint8Array): string {
-  let text = '';
-  for (const byte of bytes) text += byte.toString(16).padStart(2, '0');
-  return text.toUpperCase();
-}
-
-function fromHex(text: string): Uint8Array {
-  const bytes = new Uint8Array(text.length / 2);
-  for (let index = 0; index < bytes.length; index++) bytes[index] = Number.parseInt(text.slice(index * 2, index * 2 + 2), 16);
-  return bytes;
 }

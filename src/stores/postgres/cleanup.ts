@@ -38,10 +38,32 @@ export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanM
     // Both families' records: field pushes keep theirs here too, under fieldClientKey. Their stored
     // outcomes go with them (a push bounds them per client to the last OUTCOME_WINDOW mutation ids).
     await client.query(
-      `WITH gone AS (DELETE FROM ${clients} WHERE updated_at < to_timestamp($1::float8 / 1000) RETURNING client_id)
-       DELETE FROM ${outcomes} o USING gone WHERE o.client_id = gone.client_id`,
+      `WITH gone AS (DELETE FROM ${clients} WHERE updated_at < to_timestamp($1::float8 / 1000) RETURNING client_id),
+       outcomes AS (DELETE FROM ${outcomes} o USING gone WHERE o.client_id = gone.client_id)
+       -- A retry that left before this cutoff may belong to a record pruned here (core/store.ts ClientRecord).
+       INSERT INTO ${meta} (key, value) SELECT 'clients_pruned_before', floor($1::float8)::bigint WHERE EXISTS (SELECT 1 FROM gone)
+         ON CONFLICT (key) DO UPDATE SET value = GREATEST(${meta}.value, EXCLUDED.value)`,
       [clientsOlderThanMs],
     );
     return Number(rows[0]?.removed ?? 0);
+  });
+}
+
+/**
+ * Logs written before writers were digests hold raw client ids: rewrite them
+ * once (one node does it), with the digest `writerOf` (core/access.ts) stamps on new writes.
+ */
+export function hashOldWriters(catalog: Catalog): Promise<void> {
+  const { log, meta, fieldVersions } = catalog.names;
+  return transaction(catalog.pool, async (client) => {
+    await client.query(`SELECT pg_advisory_xact_lock(hashtext('rhtmx_sync:cleanup'))`);
+    const done = await client.query(`SELECT 1 FROM ${meta} WHERE key = 'writers_hashed'`);
+    if (done.rowCount) return;
+    const digest = `'#' || left(encode(sha256(convert_to(client_id, 'UTF8')), 'hex'), 32)`;
+    const { rows } = await client.query<{ field: boolean }>('SELECT to_regclass($1) IS NOT NULL AS field', [fieldVersions]);
+    for (const table of rows[0]?.field ? [log, fieldVersions] : [log]) {
+      await client.query(`UPDATE ${table} SET client_id = ${digest} WHERE client_id IS NOT NULL AND left(client_id, 1) <> '#'`);
+    }
+    await client.query(`INSERT INTO ${meta} (key, value) VALUES ('writers_hashed', 1) ON CONFLICT (key) DO NOTHING`);
   });
 }

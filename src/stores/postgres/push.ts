@@ -20,6 +20,7 @@ import { SyncError } from '../../core/errors.js';
 import type { Row } from '../../core/protocol.js';
 import {
   type AppliedChange,
+  ClientRecord,
   guarded,
   NO_ROW,
   newOutcomes,
@@ -34,6 +35,7 @@ import {
   type ValidatedChange,
   type WriteDecision,
 } from '../../core/store.js';
+import { columnValue } from '../../core/values.js';
 import { describeWriteError, isUniqueViolation } from './errors.js';
 import { type Catalog, CLIENT_SETTING, HLC_SETTING, type PgColumn, type PreparedEntity } from './schema.js';
 import { savepoint, transaction } from './transaction.js';
@@ -41,7 +43,7 @@ import { savepoint, transaction } from './transaction.js';
 /** How one family of pushes handles its changes; `runPush` does the rest. */
 export interface PushPlan<C extends { mutationId: number | null }, R> {
   /** `clientId`: key of the exactly-once record (null: no dedupe); `origin`: the id stamped on logged changes (default clientId). */
-  batch: { clientId: string | null; origin?: string | null; changes: readonly C[] };
+  batch: { clientId: string | null; origin?: string | null; fresh?: boolean; retry?: number | null; changes: readonly C[] };
   /** Runs first, after the client record is locked (entity pushes lock their rows in key order). */
   lock?(client: PoolClient): Promise<void>;
   /** The answer to an already applied change: its stored outcome (`stored`: its mutation's, null when none were kept) with the current state. */
@@ -59,7 +61,12 @@ export function runPush<C extends { mutationId: number | null }, R>(catalog: Cat
   // Without a mutation id nothing is deduplicated, and nothing is recorded (an empty push writes no record).
   const recorded = clientId !== null && changes.some((change) => change.mutationId !== null) ? clientId : null;
   const run = async (client: PoolClient): Promise<R[]> => {
-    const last = recorded === null ? null : await lockClient(client, clients, recorded);
+    const record = recorded === null ? null : await lockClient(client, clients, recorded);
+    if (record === NO_RECORD) {
+      const pruned = plan.batch.retry == null ? 0 : await prunedBefore(client, catalog.names.meta);
+      if (ClientRecord.unknown(plan.batch, changes, () => pruned)) throw ClientRecord.error();
+    }
+    const last = record === NO_RECORD ? -1 : record;
     // Logged rows carry the client id as the client knows it (the record's key may be per user).
     await client.query(`SELECT set_config('${CLIENT_SETTING}', $1, true)`, [origin ?? '']);
     await plan.lock?.(client);
@@ -95,19 +102,28 @@ export function runPush<C extends { mutationId: number | null }, R>(catalog: Cat
   return transaction(catalog.pool, run, { retry: true });
 }
 
+/** The cutoff (epoch ms) of the latest cleanup that pruned client records; 0 when none did. */
+async function prunedBefore(client: PoolClient, meta: string): Promise<number> {
+  const { rows } = await client.query<{ value: string }>(`SELECT value FROM ${meta} WHERE key = 'clients_pruned_before'`);
+  return Number(rows[0]?.value ?? 0);
+}
+
+/** What `lockClient` answers for a client it had no record of (a record it just created, -1 as last). */
+const NO_RECORD = -2;
+
 /**
  * Lock a client's exactly-once row (created when missing) and return its last
- * applied mutation id (-1 when none). The upsert's row lock makes concurrent
- * pushes of one client apply one after the other, and a retried push sees the
- * mutation id the first one recorded.
+ * applied mutation id (-1 when none, NO_RECORD when the row is new). The
+ * upsert's row lock makes concurrent pushes of one client apply one after
+ * the other, and a retried push sees the mutation id the first one recorded.
  */
 async function lockClient(client: PoolClient, table: string, clientId: string): Promise<number> {
-  const { rows } = await client.query<{ last: string }>(
+  const { rows } = await client.query<{ last: string; created: boolean }>(
     `INSERT INTO ${table} (client_id, last_mutation_id) VALUES ($1, -1)
-       ON CONFLICT (client_id) DO UPDATE SET client_id = EXCLUDED.client_id RETURNING last_mutation_id AS last`,
+       ON CONFLICT (client_id) DO UPDATE SET client_id = EXCLUDED.client_id RETURNING last_mutation_id AS last, xmax = 0 AS created`,
     [clientId],
   );
-  return Number(rows[0]?.last ?? -1);
+  return rows[0]?.created ? NO_RECORD : Number(rows[0]?.last ?? -1);
 }
 
 /** The stored outcomes of these already applied changes' mutations, by mutation id (absent: none kept). */
@@ -278,7 +294,7 @@ export class EntityPush implements PushPlan<ValidatedChange, AppliedChange> {
   }
 }
 
-/** Arrays arrive as JSON text; pg serialises a JS array to an array literal. */
+/** Array columns: the one value semantics stores them as JSON text; pg serialises a JS array to an array literal. */
 export function bindArray(column: PgColumn | undefined, value: unknown): unknown {
   if (column?.category !== 'A' || typeof value !== 'string') return value;
   try {
@@ -288,27 +304,11 @@ export function bindArray(column: PgColumn | undefined, value: unknown): unknown
   return value;
 }
 
-/** Convert a validated wire value to what the column accepts (booleans as 0/1 for numbers, and so on). */
+/**
+ * A decided value (core/values.ts; or a resolver's or schema's output, decided
+ * now) as this dialect binds it. A value the column cannot hold throws a
+ * ValueError, which rejects the change (errors.ts).
+ */
 function coerceValue(column: PgColumn, value: unknown): unknown {
-  if (value === null || value === undefined) return null;
-  if (column.category === 'A' && typeof value === 'string') return bindArray(column, value);
-  switch (column.schema.type) {
-    case 'boolean':
-      return typeof value === 'number' ? value !== 0 : value;
-    case 'integer':
-    case 'number':
-      return typeof value === 'boolean' ? Number(value) : value;
-    case 'json':
-      if (typeof value !== 'string') return JSON.stringify(value);
-      try {
-        JSON.parse(value);
-        return value;
-      } catch {
-        return JSON.stringify(value);
-      }
-    case 'blob':
-      return typeof value === 'string' && /^(?:[0-9a-fA-F]{2})*$/.test(value) ? Buffer.from(value, 'hex') : value;
-    default:
-      return typeof value === 'boolean' ? String(value) : value;
-  }
+  return bindArray(column, columnValue(column.schema, value));
 }

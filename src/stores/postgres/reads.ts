@@ -92,6 +92,18 @@ export class LogReader {
     return Number(rows[0]?.value ?? 0);
   }
 
+  /** Entities whose horizon is above `since`: entries past that cursor were pruned (or a schema change asks for a refetch). */
+  async prunedAbove(since: number): Promise<Array<{ entity: string; horizon: number; raised: boolean }>> {
+    const { meta } = this.catalog.names;
+    const { rows } = await this.catalog.pool.query<{ entity: string; horizon: string; raised: boolean }>(
+      `SELECT substr(p.key, 16) AS entity, p.value AS horizon, COALESCE(r.value = p.value, false) AS raised
+         FROM ${meta} p LEFT JOIN ${meta} r ON r.key = 'raised:' || substr(p.key, 16)
+        WHERE p.key LIKE 'pruned\\_through:%' AND p.value > $1`,
+      [since],
+    );
+    return rows.map((row) => ({ entity: row.entity, horizon: Number(row.horizon), raised: row.raised }));
+  }
+
   /** Rows of a table (the log's when `entity` is omitted). Exact while small; past 100k rows the planner's estimate, so progress and metrics never scan a big table. */
   async count(entity?: string): Promise<number> {
     const table = entity === undefined ? this.catalog.names.log : this.catalog.entity(entity).table;

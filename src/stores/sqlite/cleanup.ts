@@ -4,6 +4,7 @@
  * tombstones those deletes left, and idle exactly-once records with their
  * stored outcomes.
  */
+import { createHash } from 'node:crypto';
 import { type Catalog, CLIENTS_TABLE, FIELD_VERSIONS_TABLE, LOG_TABLE, META_TABLE, OUTCOMES_TABLE } from './schema.js';
 
 /** Store.cleanup on SQLite; returns how many log entries were removed. */
@@ -36,7 +37,31 @@ export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanM
     db.prepare(`DELETE FROM ${OUTCOMES_TABLE} WHERE client_id IN (SELECT client_id FROM ${CLIENTS_TABLE} WHERE updated_at < ?)`).run(
       clientsOlderThanMs,
     );
-    db.prepare(`DELETE FROM ${CLIENTS_TABLE} WHERE updated_at < ?`).run(clientsOlderThanMs);
+    // A retry that left before this cutoff may belong to a record pruned here (core/store.ts ClientRecord).
+    if (db.prepare(`DELETE FROM ${CLIENTS_TABLE} WHERE updated_at < ?`).run(clientsOlderThanMs).changes > 0) {
+      s.setMeta.run('clients_pruned_before', Math.floor(clientsOlderThanMs));
+    }
     return removed;
+  })();
+}
+
+/**
+ * Logs written before writers were digests hold raw client ids: rewrite them
+ * once, with the digest `writerOf` (core/access.ts) stamps on new writes.
+ */
+export function hashOldWriters(catalog: Catalog): void {
+  const { db, s } = catalog;
+  if (s.getMeta.get('writers_hashed')) return;
+  db.function(
+    'rhtmx_writer',
+    { deterministic: true },
+    (id: unknown) => `#${createHash('sha256').update(String(id)).digest('hex').slice(0, 32)}`,
+  );
+  const fieldBookkeeping = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(FIELD_VERSIONS_TABLE);
+  db.transaction(() => {
+    for (const table of fieldBookkeeping ? [LOG_TABLE, FIELD_VERSIONS_TABLE] : [LOG_TABLE]) {
+      db.exec(`UPDATE ${table} SET client_id = rhtmx_writer(client_id) WHERE client_id IS NOT NULL AND substr(client_id, 1, 1) <> '#'`);
+    }
+    s.setMeta.run('writers_hashed', 1);
   })();
 }

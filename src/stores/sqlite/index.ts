@@ -4,14 +4,15 @@
  * - schema.ts: tables, capture triggers, introspection and prepared statements (the Catalog)
  * - reads.ts: log pages, snapshots, the retained horizon, counts
  * - push.ts: the one push skeleton and the entity apply; fields.ts: the field bookkeeping, reads and apply
- * - cleanup.ts: pruning; watch.ts: polling for writes by anyone; errors.ts: what a refused write says
+ * - cleanup.ts: pruning; watch.ts: polling for writes (and DDL) by anyone; errors.ts: what a refused write says
  *
  * better-sqlite3 is synchronous: every method runs one transaction to
  * completion, which also gives consistent reads (data and cursor from the
  * same WAL snapshot) for free.
  */
 import type { AppliedChange, EntityTarget, FieldStore, LogPage, PushBatch, SnapshotPage, Store, TableSchema } from '../../core/store.js';
-import { cleanup } from './cleanup.js';
+import { cleanup, hashOldWriters } from './cleanup.js';
+import type { SqliteFieldStore } from './fields.js';
 import { EntityPush, runPush } from './push.js';
 import { LogReader } from './reads.js';
 import { Catalog, type Database } from './schema.js';
@@ -31,6 +32,8 @@ export interface SqliteStoreOptions {
 export class SqliteStore implements Store {
   private parts: { catalog: Catalog; reads: LogReader } | null = null;
   private readonly watcher: LogWatcher;
+  private fieldStore: SqliteFieldStore | null = null;
+  private readonly schemaListeners = new Set<{ changed: (schemas: TableSchema[]) => void; failed: (error: unknown) => void }>();
 
   constructor(
     /** The app's database handle; the store never closes it. */
@@ -41,19 +44,26 @@ export class SqliteStore implements Store {
     if (wal) db.pragma('journal_mode = WAL');
     // Another process may hold the write lock briefly; wait rather than fail.
     db.pragma('busy_timeout = 5000');
-    this.watcher = new LogWatcher(() => this.ready.catalog.currentVersion(), options.pollMs ?? 25);
+    this.watcher = new LogWatcher(
+      () => this.ready.catalog.currentVersion(),
+      options.pollMs ?? 25,
+      () => this.followSchema(),
+    );
   }
 
   /** Field-level bookkeeping on the same database (loaded only when field sync is on). */
   async openFieldStore(): Promise<FieldStore> {
     const { SqliteFieldStore } = await import('./fields.js');
-    return new SqliteFieldStore(this.ready.catalog, this.ready.reads);
+    this.fieldStore = new SqliteFieldStore(this.ready.catalog, this.ready.reads);
+    return this.fieldStore;
   }
 
   async init(targets: EntityTarget[]): Promise<TableSchema[]> {
     const catalog = this.parts?.catalog ?? new Catalog(this.db);
     this.parts = { catalog, reads: new LogReader(catalog) };
-    return catalog.install(targets);
+    const schemas = catalog.install(targets);
+    hashOldWriters(catalog);
+    return schemas;
   }
 
   private get ready(): { catalog: Catalog; reads: LogReader } {
@@ -82,6 +92,14 @@ export class SqliteStore implements Store {
     return this.ready.reads.snapshot(entity, limit, after, atVersion);
   }
 
+  async raiseHorizon(entities: readonly string[]): Promise<number> {
+    return this.ready.catalog.raiseHorizon(entities);
+  }
+
+  async prunedAbove(since: number): Promise<Array<{ entity: string; horizon: number; raised: boolean }>> {
+    return this.ready.reads.prunedAbove(since);
+  }
+
   async retainedSince(entity: string): Promise<number> {
     return this.ready.reads.retainedSince(entity);
   }
@@ -105,6 +123,28 @@ export class SqliteStore implements Store {
 
   watch(onChange: () => void): () => void {
     return this.watcher.watch(onChange);
+  }
+
+  onSchemaChange(listener: (schemas: TableSchema[]) => void, onError: (error: unknown) => void = () => {}): () => void {
+    const entry = { changed: listener, failed: onError };
+    this.schemaListeners.add(entry);
+    return () => this.schemaListeners.delete(entry);
+  }
+
+  /** On every watch tick: when DDL happened, follow the synced tables' new shapes (Catalog.refresh). */
+  private followSchema(): void {
+    if (!this.parts) return;
+    const fields = this.fieldStore;
+    const { changed, failed } = this.parts.catalog.refresh((schema) => fields?.reinstallTrigger(schema));
+    for (const schema of changed) fields?.adopt(schema);
+    for (const { changed: listener, failed: report } of this.schemaListeners) {
+      for (const error of failed) report(error);
+      try {
+        if (changed.length > 0) listener(changed);
+      } catch (error) {
+        report(error);
+      }
+    }
   }
 
   async close(): Promise<void> {

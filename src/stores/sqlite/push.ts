@@ -20,6 +20,7 @@ import { SyncError } from '../../core/errors.js';
 import type { Row } from '../../core/protocol.js';
 import {
   type AppliedChange,
+  ClientRecord,
   guarded,
   NO_ROW,
   newOutcomes,
@@ -34,6 +35,7 @@ import {
   type ValidatedChange,
   type WriteDecision,
 } from '../../core/store.js';
+import { columnValue } from '../../core/values.js';
 import { describeWriteError } from './errors.js';
 import type { Catalog, SyncedTable } from './schema.js';
 
@@ -57,7 +59,7 @@ export interface PushScope<C, R> {
 /** How one family of pushes handles its changes; `runPush` does the rest. */
 export interface PushPlan<C extends { mutationId: number | null }, R> {
   /** `clientId`: key of the exactly-once record (null: no dedupe); `origin`: the id stamped on logged changes (default clientId). */
-  readonly batch: { clientId: string | null; origin?: string | null; changes: readonly C[] };
+  readonly batch: { clientId: string | null; origin?: string | null; fresh?: boolean; retry?: number | null; changes: readonly C[] };
   /** The answer to an already applied change: its stored outcome (`stored`: its mutation's, null when none were kept) with the current state. */
   duplicate(change: C, stored: readonly StoredOutcome[] | null): R;
   /** Decide and write change `index`. */
@@ -75,7 +77,14 @@ export function runPush<C extends { mutationId: number | null }, R>(catalog: Cat
   const run = db.transaction((): R[] => {
     // Without a mutation id nothing is deduplicated, and nothing is recorded (an empty push writes no record).
     const recorded = clientId !== null && changes.some((change) => change.mutationId !== null) ? clientId : null;
-    const last = recorded === null ? null : ((s.lastMutation.get(recorded) as number | undefined) ?? -1);
+    const record = recorded === null ? null : (s.lastMutation.get(recorded) as number | undefined);
+    if (
+      recorded !== null &&
+      record === undefined &&
+      ClientRecord.unknown(plan.batch, changes, () => (s.getMeta.get('clients_pruned_before') as number | undefined) ?? 0)
+    )
+      throw ClientRecord.error();
+    const last = recorded === null ? null : (record ?? -1);
     const scope: PushScope<C, R> = {
       results: new Array(changes.length),
       isDuplicate: (change) => last !== null && change.mutationId !== null && change.mutationId <= last,
@@ -182,10 +191,12 @@ export class EntityPush implements PushPlan<ValidatedChange, AppliedChange> {
       if (id !== null && exists) this.entity.delete(id);
       return id;
     }
-    // Only real columns reach the SQL, by name; the key is never rewritten.
+    // Only real columns reach the SQL, by name; the key is never rewritten. Values bind as core/values.ts decides
+    // (a resolver's or schema's output too): a value its column cannot hold throws, rejecting the change.
     const values: Row = {};
     for (const [name, value] of Object.entries(decision.data)) {
-      if (name !== schema.primaryKey && columns.has(name)) values[name] = value;
+      const column = columns.get(name);
+      if (name !== schema.primaryKey && column) values[name] = columnValue(column, value);
     }
     if (decision.action === 'update' && exists) return this.entity.write('update', id, values);
     return this.entity.write('insert', id ?? (this.entity.keyIsInteger ? null : randomUUID()), values);

@@ -5,7 +5,7 @@
  */
 import type { Change, ChangeAction, Row } from '../../core/protocol.js';
 import { type LogPage, type SnapshotPage, snapshotPage } from '../../core/store.js';
-import { type Catalog, LOG_TABLE } from './schema.js';
+import { type Catalog, LOG_TABLE, META_TABLE } from './schema.js';
 
 interface LogRow {
   version: number;
@@ -55,6 +55,18 @@ export class LogReader {
   /** Lowest cursor still served incrementally: the newest delete cleanup pruned for this entity. */
   retainedSince(entity: string): number {
     return (this.catalog.s.getMeta.get(`pruned_through:${entity}`) as number | undefined) ?? 0;
+  }
+
+  /** Entities whose horizon is above `since`: entries past that cursor were pruned (or a schema change asks for a refetch). */
+  prunedAbove(since: number): Array<{ entity: string; horizon: number; raised: boolean }> {
+    const rows = this.catalog.db
+      .prepare(
+        `SELECT substr(p.key, 16) AS entity, p.value AS horizon, COALESCE(r.value = p.value, 0) AS raised
+           FROM ${META_TABLE} p LEFT JOIN ${META_TABLE} r ON r.key = 'raised:' || substr(p.key, 16)
+          WHERE p.key LIKE 'pruned\\_through:%' ESCAPE '\\' AND p.value > ?`,
+      )
+      .all(since) as Array<{ entity: string; horizon: number; raised: number }>;
+    return rows.map((row) => ({ ...row, raised: row.raised === 1 }));
   }
 
   /** Rows in an entity's table, or in the log when no entity is given. */
