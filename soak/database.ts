@@ -44,6 +44,8 @@ export interface SoakDatabase {
   keepLog(): Promise<void>;
   /** `engine.cleanup(0, { clientDays })` from an engine of the soak's own: everything superseded, and idle client records, go. */
   cleanup(clientDays: number): Promise<number>;
+  /** A migration by another process while the servers run: `ALTER TABLE todos ADD COLUMN <name> TEXT`. */
+  addColumn(name: string): Promise<void>;
   dispose(): Promise<void>;
 }
 
@@ -118,6 +120,15 @@ export function sqliteDatabase(): SoakDatabase {
         writer.close();
       }
     },
+    async addColumn(name) {
+      const writer = new Database(path);
+      try {
+        writer.pragma('busy_timeout = 5000');
+        writer.exec(`ALTER TABLE todos ADD COLUMN ${name} TEXT`);
+      } finally {
+        writer.close();
+      }
+    },
     async cleanup(clientDays) {
       cleaner ??= (async () => {
         const handle = new Database(path);
@@ -176,6 +187,9 @@ export async function postgresDatabase(adminUrl: string): Promise<SoakDatabase> 
         DROP TRIGGER IF EXISTS _soak_log_copy ON _rhtmx_sync_log;
         CREATE TRIGGER _soak_log_copy AFTER INSERT ON _rhtmx_sync_log FOR EACH ROW EXECUTE FUNCTION _soak_log_copy();
         INSERT INTO _soak_log SELECT ${LOG_COLUMNS} FROM _rhtmx_sync_log ON CONFLICT DO NOTHING;`);
+    },
+    async addColumn(name) {
+      await pool.query(`ALTER TABLE todos ADD COLUMN ${name} text`);
     },
     async cleanup(clientDays) {
       cleaner ??= (async () => {

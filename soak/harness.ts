@@ -41,10 +41,13 @@ export interface SoakOptions {
   /** How long a killed node stays down before its restart, ms (uniform). */
   downMs: [number, number];
   /**
-   * Pause between two `engine.cleanup(0, { clientDays })` runs during the
-   * chaos (uniform; null: none). Each prunes every superseded log entry and
-   * tombstone (lagging cursors then get reset snapshots) and, half the time,
-   * every client record (clients then meet `client_unknown`).
+   * Pause between two maintenance steps during the chaos (uniform; null:
+   * none). Most are `engine.cleanup(0, { clientDays })`, pruning every
+   * superseded log entry and tombstone (lagging cursors then get reset
+   * snapshots) and, half the time, every client record (clients then meet
+   * `client_unknown`); the first, and one in four after it, is a migration by
+   * another process, `ALTER TABLE todos ADD COLUMN` (live clients are told to
+   * refetch).
    */
   cleanupEveryMs: [number, number] | null;
   /** Rows the writers steer the table towards: fewer rows, more writers colliding on one row. */
@@ -95,6 +98,8 @@ export interface SoakReport extends Verdict {
   kills: number;
   /** `cleanup` runs during the chaos. */
   cleanups: number;
+  /** Columns added by another process during the chaos. */
+  schemaChanges: number;
   restarts: number;
   reloads: number;
   offlinePeriods: number;
@@ -199,10 +204,10 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
       ? new Hostile(nodes, random.fork(), { ...DEFAULT_HOSTILE, quietMs: Math.min(DEFAULT_HOSTILE.quietMs, options.durationMs / 4) })
       : null;
     // Forked last of all, so the seeds of the others replay with it on or off.
-    let cleanups = 0;
+    let maintenance = { cleanups: 0, schemaChanges: 0 };
     const cleaner = options.cleanupEveryMs
-      ? cleanupLoop(database, random.fork(), options.cleanupEveryMs, stop.signal, log).then((runs) => {
-          cleanups = runs;
+      ? maintenanceLoop(database, random.fork(), options.cleanupEveryMs, stop.signal, log).then((done) => {
+          maintenance = done;
         })
       : null;
     const loops = [
@@ -302,7 +307,8 @@ export async function runSoak(overrides: Partial<SoakOptions> = {}): Promise<Soa
       durationS: Math.round(durationS),
       settleS: Math.round(settleS * 10) / 10,
       kills: nodes.reduce((total, node) => total + node.kills, 0),
-      cleanups,
+      cleanups: maintenance.cleanups,
+      schemaChanges: maintenance.schemaChanges,
       restarts: nodes.reduce((total, node) => total + node.starts - 1, 0),
       reloads: sum((stats) => stats.reloads),
       offlinePeriods: sum((stats) => stats.offlinePeriods),
@@ -359,28 +365,36 @@ async function killNodes(
   }
 }
 
-/** Run `cleanup` now and then while the chaos lasts; resolves with how many runs completed. */
-async function cleanupLoop(
+/** Run `cleanup`, and now and then a migration, while the chaos lasts; resolves with how many of each completed. */
+async function maintenanceLoop(
   database: SoakDatabase,
   random: Random,
   everyMs: [number, number],
   signal: AbortSignal,
   log: (line: string) => void,
-): Promise<number> {
-  let runs = 0;
+): Promise<{ cleanups: number; schemaChanges: number }> {
+  const done = { cleanups: 0, schemaChanges: 0 };
   while (!signal.aborted) {
     await sleep(random.int(everyMs[0], everyMs[1]), signal);
     if (signal.aborted) break;
-    const clientDays = random.chance(0.5) ? 0 : 30;
     try {
+      // The first step is a migration, so every run has one.
+      if (done.schemaChanges === 0 || random.chance(0.25)) {
+        const column = `added_${done.schemaChanges + 1}`;
+        await database.addColumn(column);
+        done.schemaChanges++;
+        log(`migration: ADD COLUMN ${column}`);
+        continue;
+      }
+      const clientDays = random.chance(0.5) ? 0 : 30;
       const removed = await database.cleanup(clientDays);
-      runs++;
+      done.cleanups++;
       log(`cleanup: ${removed} log entries${clientDays === 0 ? ', every client record' : ''}`);
     } catch (error) {
-      log(`cleanup failed: ${(error as Error).message}`);
+      log(`maintenance failed: ${(error as Error).message}`);
     }
   }
-  return runs;
+  return done;
 }
 
 function percentiles(values: number[]): { p50: number; p99: number; max: number } {

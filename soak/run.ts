@@ -155,6 +155,7 @@ const ROWS: Array<[string, (report: SoakReport) => string | number]> = [
   ['duplicated', (r) => r.duplicated],
   ['divergent clients', (r) => `${r.divergentClients}${r.fixedByPull ? ` (${r.fixedByPull} fixed by a pull)` : ''}`],
   ['server kills (SIGKILL) / restarts', (r) => `${r.kills} / ${r.restarts}`],
+  ['cleanups / migrations during the chaos', (r) => `${r.cleanups} / ${r.schemaChanges}`],
   [
     'server crashes / uncaught errors',
     (r) => `${r.serverExits.length} / ${r.uncaughtErrors.length}${r.startFailures ? ` (${r.startFailures} failed starts, retried)` : ''}`,

@@ -3,8 +3,8 @@
  * for about 15 seconds per store. Node devices and a real Chromium page write
  * at random while going offline, disconnecting and reloading; the demo server
  * is killed with SIGKILL and restarted on the same database meanwhile (on
- * PostgreSQL, two nodes), and `cleanup` prunes the log and, at random, every
- * exactly-once record. Afterwards every outbox drains, every replica
+ * PostgreSQL, two nodes), `cleanup` prunes the log and, at random, every
+ * exactly-once record, and another process adds columns to the table. Afterwards every outbox drains, every replica
  * equals the server's table, and no acknowledged write is lost or applied
  * twice. RHTMX_SOAK_SEED replays a run's choices.
  */
@@ -34,6 +34,7 @@ function explain(report: SoakReport): string {
 function check(report: SoakReport): void {
   assert.ok(report.kills >= 1, `no node was killed: ${explain(report)}`);
   assert.ok(report.cleanups >= 1, `cleanup never ran during the chaos: ${explain(report)}`);
+  assert.ok(report.schemaChanges >= 1, `no migration ran during the chaos: ${explain(report)}`);
   assert.ok(report.acked > 0 && report.mutationsByKind.browser > 0, `too little happened: ${explain(report)}`);
   assert.equal(report.lost, 0, `acknowledged writes lost: ${explain(report)}`);
   assert.equal(report.duplicated, 0, `writes applied twice: ${explain(report)}`);
