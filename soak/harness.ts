@@ -45,8 +45,8 @@ export interface SoakOptions {
    * none). Most are `engine.cleanup(0, { clientDays })`, pruning every
    * superseded log entry and tombstone (lagging cursors then get reset
    * snapshots) and, half the time, every client record (clients then meet
-   * `client_unknown`); the first, and one in four after it, is a migration by
-   * another process, `ALTER TABLE todos ADD COLUMN` (live clients are told to
+   * `client_unknown`); the first, and one in four after the second, is a
+   * migration by another process, `ALTER TABLE todos ADD COLUMN` (live clients are told to
    * refetch).
    */
   cleanupEveryMs: [number, number] | null;
@@ -378,8 +378,8 @@ async function maintenanceLoop(
     await sleep(random.int(everyMs[0], everyMs[1]), signal);
     if (signal.aborted) break;
     try {
-      // The first step is a migration, so every run has one.
-      if (done.schemaChanges === 0 || random.chance(0.25)) {
+      // The first step is a migration and the second a cleanup, so every run has both.
+      if (done.schemaChanges === 0 || (done.cleanups > 0 && random.chance(0.25))) {
         const column = `added_${done.schemaChanges + 1}`;
         await database.addColumn(column);
         done.schemaChanges++;

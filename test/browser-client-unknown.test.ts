@@ -55,7 +55,9 @@ describe('the browser outbox after its client record was pruned', () => {
     // Long absent: the server forgets the browser's record; then a new change is made.
     await context.setOffline(true);
     await waitInPage(page, () => window.rhtmxSync.state().state === 'offline', 10_000, 'offline');
+    await new Promise((resolve) => setTimeout(resolve, 5)); // older than "now", to the millisecond
     await fixture.engine.cleanup(30, { clientDays: 0 });
+    assert.equal(fixture.db.prepare('SELECT count(*) FROM _rhtmx_sync_clients').pluck().get(), 0, 'the record is gone');
     await page.evaluate(() => window.rhtmxSync.push('todos', { id: 'u2', action: 'create', data: { title: 'never sent', done: false } }));
     await context.setOffline(false);
 

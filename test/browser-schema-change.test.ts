@@ -49,7 +49,7 @@ describe('a schema change reaches open pages', () => {
       'the replica in the new shape',
     );
     assert.deepEqual(
-      rows.map((row: any) => [row.id, row.title, row.memo]),
+      (rows ?? []).map((row: any) => [row.id, row.title, row.memo]),
       [
         ['s1', 'one', 'n'],
         ['s2', 'two', 'n'],

@@ -47,6 +47,7 @@ describe('a delete the hub had not read yet, pruned [sqlite]', () => {
     await waitFor(() => events.status === 200, 5000, 'the SSE stream');
     // Another process deletes the row; cleanup prunes the delete before this node's hub read it.
     await sqliteStore.externalWrite(server, "DELETE FROM todos WHERE id = 'gone'");
+    await new Promise((resolve) => setTimeout(resolve, 5)); // older than "now", to the millisecond
     await server.engine.cleanup(0);
     // The next write wakes the hub.
     await postJson(`${server.url}/api/sync/todos`, create('next'));
@@ -76,6 +77,8 @@ for (const store of STORES) {
       const since = first.body.version;
       await postJson(`${server.url}/api/sync/todos`, { changes: [{ id: 'old', action: 'delete' }] });
       await postJson(`${server.url}/api/sync/todos`, create('kept'));
+      // Read by the hub well before the cleanup: nothing it sent lacks the delete, so no one else is told.
+      await new Promise((resolve) => setTimeout(resolve, 600));
       await server.engine.cleanup(0);
       const { code, messages } = await closeOf(`${server.wsUrl}?protocol=2`, { type: 'subscribe', entities: ['todos'], since });
       assert.equal(code, CLOSE_MUST_REFETCH);

@@ -24,6 +24,12 @@ import { STORES, type StoreUnderTest } from './stores.js';
 
 const HUGE = Number.MAX_SAFE_INTEGER;
 
+/** Prune every client record (a record written in this very millisecond is not older than "now" yet). */
+async function forgetClients(server: TestServer): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  await server.engine.cleanup(30, { clientDays: 0 });
+}
+
 async function rows(store: StoreUnderTest, server: TestServer, sql: string): Promise<any[]> {
   if (store.name === 'sqlite') return server.db.prepare(sql).all();
   return (await (server.db as unknown as { query(sql: string): Promise<{ rows: any[] }> }).query(sql)).rows;
@@ -125,7 +131,7 @@ for (const store of STORES) {
         (await pushFields({ client_id: id, changes: [{ mutation_id: 1, entity_id: `${id}-1`, field: 'title', value: 'f1' }] })).status,
         200,
       );
-      await server.engine.cleanup(30, { clientDays: 0 });
+      await forgetClients(server);
 
       // The retry of mutation 2 (its answer lost) and a new mutation 3: neither is applied.
       const retry = await push({ client_id: id, changes: [create(2), create(3)] });
@@ -154,7 +160,7 @@ for (const store of STORES) {
       const first = `${id}-first`;
       const only = { mutation_id: 1, id: `${first}-1`, action: 'create', data: { title: 'once', done: false } };
       assert.equal((await push({ client_id: first, fresh: true, changes: [only] })).status, 200);
-      await server.engine.cleanup(30, { clientDays: 0 });
+      await forgetClients(server);
       const again = await push({ client_id: first, retry: 60_000, changes: [only] });
       assert.equal(again.status, 409);
       assert.equal(again.body.error.code, 'client_unknown');
@@ -207,7 +213,7 @@ for (const store of STORES) {
       assert.equal(db.peek(OUTBOX).size, 1);
       // The replica has caught up past that write (its own change came back).
       await pullEntity(replica, api, 'todos', () => {});
-      await server.engine.cleanup(30, { clientDays: 0 });
+      await forgetClients(server);
       await make(4);
       await flush();
       await waitFor(() => db.peek(OUTBOX).size === 0, 15_000, 'the outbox to drain');

@@ -16,7 +16,7 @@
 import type { LiveScope } from './access.js';
 import { badRequest } from './errors.js';
 import { BATCH_PROTOCOL, type Change, type FieldChange, PROTOCOL_PARAM, type Row } from './protocol.js';
-import type { FieldStore, Store } from './store.js';
+import type { FieldStore, PrunedHorizon, Store } from './store.js';
 import { tracedSync } from './tracing.js';
 
 /** The two message families live delivery speaks: entity `change` and field-level `field_change`. */
@@ -40,7 +40,7 @@ export interface ChangeSource {
   /** Call `onChange` after any committed write; returns a stop function. */
   watch(onChange: () => void): () => void;
   /** Entities whose must-refetch horizon is above `since`, with it (Store.prunedAbove). */
-  prunedAbove(since: number): Promise<Array<{ entity: string; horizon: number; raised: boolean }>>;
+  prunedAbove(since: number): Promise<PrunedHorizon[]>;
   /** A new horizon above every cursor handed out (Store.raiseHorizon). */
   raiseHorizon(entities: readonly string[]): Promise<number>;
 }
@@ -295,6 +295,8 @@ export class ChangeHub {
   private waiters: Array<{ version: number; resolve: () => void }> = [];
   /** The last prune check: when, and the hub's version then. */
   private pruneCheck = { at: Number.NEGATIVE_INFINITY, version: 0 };
+  /** The versions the hub had read by recent moments (epoch ms), oldest first, for the prune check. */
+  private readBy: Array<{ at: number; version: number }> = [];
   private pruneTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
@@ -401,6 +403,12 @@ export class ChangeHub {
         if (page.version > this.version) {
           const batch = new LiveBatch(this.version, page.version, page.changes, page.fieldChanges);
           this.version = page.version;
+          // A minute of history, one entry per 100 ms at most.
+          const at = Date.now();
+          const last = this.readBy.at(-1);
+          if (last && at - last.at < 100) last.version = page.version;
+          else this.readBy.push({ at, version: page.version });
+          while ((this.readBy[0]?.at ?? at) < at - 60_000) this.readBy.shift();
           const started = performance.now();
           tracedSync(
             'fanout',
@@ -445,13 +453,25 @@ export class ChangeHub {
     }
     const since = this.pruneCheck.version;
     this.pruneCheck = { at: now, version: this.version };
-    for (const { entity, horizon, raised } of await this.source.prunedAbove(since)) {
+    for (const { entity, horizon, raised, prunedAt } of await this.source.prunedAbove(since)) {
+      // Read past it before the cleanup ran (with PRUNE_CHECK_MS of slack for other nodes' clocks): nothing was missed.
+      if (!raised && this.versionReadBy(prunedAt - PRUNE_CHECK_MS) >= horizon) continue;
       // A raised horizon was above every cursor when it was set. Past a pruned delete's, the hub may have
       // sent batches without it and cursors moved beyond it: a reset needs a horizon above them.
       const above = raised || horizon > this.version ? horizon : await this.source.raiseHorizon([entity]);
       this.pruneCheck.version = Math.max(this.pruneCheck.version, above);
       this.refetch(entity, above);
     }
+  }
+
+  /** The version the hub had read by `at` (epoch ms), from its recent history; 0 when older than it. */
+  private versionReadBy(at: number): number {
+    let version = 0;
+    for (const entry of this.readBy) {
+      if (entry.at > at) break;
+      version = entry.version;
+    }
+    return version;
   }
 
   private releaseWaiters(): void {

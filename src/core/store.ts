@@ -227,6 +227,16 @@ export const ClientRecord = {
     ),
 };
 
+/** An entity's must-refetch horizon, as the hub's prune check reads it. */
+export interface PrunedHorizon {
+  entity: string;
+  horizon: number;
+  /** Set by `raiseHorizon` (above every cursor handed out then), not by a cleanup. */
+  raised: boolean;
+  /** When a cleanup last raised it (epoch ms; 0 when none did). */
+  prunedAt: number;
+}
+
 /** Everything a store needs to apply one push batch. */
 export interface PushBatch {
   schema: TableSchema;
@@ -313,7 +323,7 @@ export interface Store {
   /** Lowest cursor still served incrementally; older cursors must refetch. */
   retainedSince(entity: string): Promise<number>;
   /** The entities whose `retainedSince` is above `since` (the hub's check that cleanup pruned nothing it had yet to read). */
-  prunedAbove(since: number): Promise<Array<{ entity: string; horizon: number; raised: boolean }>>;
+  prunedAbove(since: number): Promise<PrunedHorizon[]>;
   /** Give these entities a new must-refetch horizon above every cursor handed out so far; returns it. */
   raiseHorizon(entities: readonly string[]): Promise<number>;
   /** Apply a push batch in one transaction, recording the client's last mutation id in it. */

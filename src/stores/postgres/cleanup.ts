@@ -22,7 +22,8 @@ export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanM
          RETURNING l.entity, l.version, l.action
        ), horizon AS (
          INSERT INTO ${meta} (key, value)
-         SELECT 'pruned_through:' || entity, max(version) FROM gone WHERE action = 'delete' GROUP BY entity
+         SELECT k || entity, CASE k WHEN 'pruned_at:' THEN floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint ELSE max(version) END
+           FROM gone, unnest(ARRAY['pruned_through:', 'pruned_at:']) AS k WHERE action = 'delete' GROUP BY entity, k
          ON CONFLICT (key) DO UPDATE SET value = GREATEST(${meta}.value, EXCLUDED.value)
        )
        SELECT count(*)::text AS removed, to_regclass($2) IS NOT NULL AS field_versions FROM gone`,

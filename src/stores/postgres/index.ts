@@ -14,7 +14,17 @@
  * this store, each LISTENs for a payload-free wake-up and re-reads the log.
  */
 import type { Pool } from 'pg';
-import type { AppliedChange, EntityTarget, FieldStore, LogPage, PushBatch, SnapshotPage, Store, TableSchema } from '../../core/store.js';
+import type {
+  AppliedChange,
+  EntityTarget,
+  FieldStore,
+  LogPage,
+  PrunedHorizon,
+  PushBatch,
+  SnapshotPage,
+  Store,
+  TableSchema,
+} from '../../core/store.js';
 import { cleanup, hashOldWriters } from './cleanup.js';
 import type { PostgresFieldStore } from './fields.js';
 import { HorizonReader } from './horizon.js';
@@ -108,7 +118,7 @@ export class PostgresStore implements Store {
     return transaction(this.catalog.pool, (client) => raiseHorizon(client, this.catalog.names, entities));
   }
 
-  prunedAbove(since: number): Promise<Array<{ entity: string; horizon: number; raised: boolean }>> {
+  prunedAbove(since: number): Promise<PrunedHorizon[]> {
     return this.reads.prunedAbove(since);
   }
 

@@ -5,7 +5,7 @@
  */
 import { SyncError } from '../../core/errors.js';
 import { type Change, type ChangeAction, ErrorCode, type Row } from '../../core/protocol.js';
-import { type LogPage, type SnapshotPage, snapshotPage } from '../../core/store.js';
+import { type LogPage, type PrunedHorizon, type SnapshotPage, snapshotPage } from '../../core/store.js';
 import type { HorizonReader } from './horizon.js';
 import { type Catalog, keyFits } from './schema.js';
 
@@ -93,15 +93,16 @@ export class LogReader {
   }
 
   /** Entities whose horizon is above `since`: entries past that cursor were pruned (or a schema change asks for a refetch). */
-  async prunedAbove(since: number): Promise<Array<{ entity: string; horizon: number; raised: boolean }>> {
+  async prunedAbove(since: number): Promise<PrunedHorizon[]> {
     const { meta } = this.catalog.names;
-    const { rows } = await this.catalog.pool.query<{ entity: string; horizon: string; raised: boolean }>(
-      `SELECT substr(p.key, 16) AS entity, p.value AS horizon, COALESCE(r.value = p.value, false) AS raised
+    const { rows } = await this.catalog.pool.query<{ entity: string; horizon: string; raised: boolean; pruned_at: string }>(
+      `SELECT substr(p.key, 16) AS entity, p.value AS horizon, COALESCE(r.value = p.value, false) AS raised, COALESCE(t.value, 0) AS pruned_at
          FROM ${meta} p LEFT JOIN ${meta} r ON r.key = 'raised:' || substr(p.key, 16)
+         LEFT JOIN ${meta} t ON t.key = 'pruned_at:' || substr(p.key, 16)
         WHERE p.key LIKE 'pruned\\_through:%' AND p.value > $1`,
       [since],
     );
-    return rows.map((row) => ({ entity: row.entity, horizon: Number(row.horizon), raised: row.raised }));
+    return rows.map((row) => ({ entity: row.entity, horizon: Number(row.horizon), raised: row.raised, prunedAt: Number(row.pruned_at) }));
   }
 
   /** Rows of a table (the log's when `entity` is omitted). Exact while small; past 100k rows the planner's estimate, so progress and metrics never scan a big table. */

@@ -16,7 +16,12 @@ export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanM
     const horizons = db
       .prepare(`SELECT entity, MAX(version) AS v FROM ${LOG_TABLE} WHERE created_at < ? AND action = 'delete' GROUP BY entity`)
       .all(olderThanMs) as Array<{ entity: string; v: number }>;
-    for (const { entity, v } of horizons) s.setMeta.run(`pruned_through:${entity}`, v);
+    const now = Date.now();
+    for (const { entity, v } of horizons) {
+      s.setMeta.run(`pruned_through:${entity}`, v);
+      // When: a hub that had read past the horizon by then missed nothing (core/hub.ts checkPruned).
+      s.setMeta.run(`pruned_at:${entity}`, now);
+    }
     const removed = db
       .prepare(
         `DELETE FROM ${LOG_TABLE} WHERE created_at < ? AND (action = 'delete' OR EXISTS (

@@ -10,7 +10,17 @@
  * completion, which also gives consistent reads (data and cursor from the
  * same WAL snapshot) for free.
  */
-import type { AppliedChange, EntityTarget, FieldStore, LogPage, PushBatch, SnapshotPage, Store, TableSchema } from '../../core/store.js';
+import type {
+  AppliedChange,
+  EntityTarget,
+  FieldStore,
+  LogPage,
+  PrunedHorizon,
+  PushBatch,
+  SnapshotPage,
+  Store,
+  TableSchema,
+} from '../../core/store.js';
 import { cleanup, hashOldWriters } from './cleanup.js';
 import type { SqliteFieldStore } from './fields.js';
 import { EntityPush, runPush } from './push.js';
@@ -96,7 +106,7 @@ export class SqliteStore implements Store {
     return this.ready.catalog.raiseHorizon(entities);
   }
 
-  async prunedAbove(since: number): Promise<Array<{ entity: string; horizon: number; raised: boolean }>> {
+  async prunedAbove(since: number): Promise<PrunedHorizon[]> {
     return this.ready.reads.prunedAbove(since);
   }
 

@@ -323,7 +323,8 @@ export class SocketEndpoint implements Rescoping {
           if (frames !== null) connection.sendAll(frames, !paced, paced);
         },
         drained: () => connection.drained(),
-        refetch: (entity) => connection.close(CLOSE_MUST_REFETCH, `${entity.slice(0, 64)}: pull again (its schema changed or its log was pruned)`),
+        refetch: (entity) =>
+          connection.close(CLOSE_MUST_REFETCH, `${entity.slice(0, 64)}: pull again (its schema changed or its log was pruned)`),
       },
       since,
     );

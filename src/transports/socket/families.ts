@@ -36,7 +36,11 @@ export function entityMessages(service: SyncService, hub: ChangeHub, path: strin
                 timestamp: message.timestamp,
               },
             ];
-        const response = await service.push(message.entity, { client_id: message.client_id, fresh: message.fresh, retry: message.retry, changes }, user);
+        const response = await service.push(
+          message.entity,
+          { client_id: message.client_id, fresh: message.fresh, retry: message.retry, changes },
+          user,
+        );
         hub.wake();
         const single = response.results.length === 1 ? response.results[0] : undefined;
         return {
@@ -89,7 +93,11 @@ export function fieldMessages(service: FieldService, hub: ChangeHub, path: strin
           const field = entry as Record<string, unknown>;
           return { ...field, entity_id: message.entity_id, mutation_id: field.mutation_id ?? message.mutation_id };
         });
-        const response = await service.push(message.entity, { client_id: message.client_id, fresh: message.fresh, retry: message.retry, changes }, user);
+        const response = await service.push(
+          message.entity,
+          { client_id: message.client_id, fresh: message.fresh, retry: message.retry, changes },
+          user,
+        );
         hub.wake();
         return {
           type: 'push_ack',
