@@ -351,17 +351,22 @@ export class ChangeHub {
   refetch(entity: string, horizon = Number.POSITIVE_INFINITY): number {
     let told = 0;
     for (const state of [...this.subscribers]) {
-      const { subscriber } = state;
-      if (state.closed || state.joined >= horizon || (!subscriber.filter.all && !subscriber.filter.entities.has(entity))) continue;
-      told++;
-      try {
-        if (subscriber.refetch) subscriber.refetch(entity);
-        else subscriber.end?.();
-      } catch (error) {
-        this.onError(error);
-      }
+      if (state.joined < horizon && this.tellRefetch(state, entity)) told++;
     }
     return told;
+  }
+
+  /** Tell one subscriber to refetch `entity` when it follows it; returns whether it was told. */
+  private tellRefetch(state: SubscriberState, entity: string): boolean {
+    const { subscriber } = state;
+    if (state.closed || (!subscriber.filter.all && !subscriber.filter.entities.has(entity))) return false;
+    try {
+      if (subscriber.refetch) subscriber.refetch(entity);
+      else subscriber.end?.();
+    } catch (error) {
+      this.onError(error);
+    }
+    return true;
   }
 
   /** Something was written: read the log and fan out. Safe to call often. */
@@ -508,14 +513,10 @@ export class ChangeHub {
     if (state.catchingUp) return;
     state.catchingUp = true;
     try {
-      // A cursor below an entity's horizon cannot be served from the log: that entity must be pulled again.
-      for (const { entity, horizon } of await this.source.prunedAbove(state.cursor)) {
-        if (!state.closed && (state.subscriber.filter.all || state.subscriber.filter.entities.has(entity))) {
-          if (state.subscriber.refetch) state.subscriber.refetch(entity);
-          else state.subscriber.end?.();
-        }
-        if (state.closed || horizon < 0) return;
-      }
+      // A cursor below an entity's horizon cannot be served from the log: that entity must be pulled
+      // again, and replaying the rest of the log to a subscriber told so would only be thrown away.
+      const stale = (await this.source.prunedAbove(state.cursor)).filter(({ entity }) => this.tellRefetch(state, entity));
+      if (stale.length > 0) return;
       // Loop until the cursor meets the hub's: the check and the switch back to
       // live happen in one tick, so no batch published meanwhile is skipped.
       while (!state.closed && state.cursor < this.version) {

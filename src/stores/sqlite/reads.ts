@@ -3,6 +3,7 @@
  * counts. Each read runs in one transaction, so data and cursor come from
  * the same WAL snapshot (never two separate, non-atomic steps).
  */
+import type Database from 'better-sqlite3';
 import type { Change, ChangeAction, Row } from '../../core/protocol.js';
 import { type LogPage, type PrunedHorizon, type SnapshotPage, snapshotPage } from '../../core/store.js';
 import { type Catalog, LOG_TABLE, META_TABLE } from './schema.js';
@@ -22,6 +23,7 @@ export class LogReader {
   private readonly entityLog;
   private readonly allLog;
   private readonly countLog;
+  private pruned: Database.Statement | undefined;
 
   constructor(private readonly catalog: Catalog) {
     const columns = 'version, entity, entity_id, action, data, hlc, client_id';
@@ -59,14 +61,14 @@ export class LogReader {
 
   /** Entities whose horizon is above `since`: entries past that cursor were pruned (or a schema change asks for a refetch). */
   prunedAbove(since: number): PrunedHorizon[] {
-    const rows = this.catalog.db
-      .prepare(
-        `SELECT substr(p.key, 16) AS entity, p.value AS horizon, COALESCE(r.value = p.value, 0) AS raised, COALESCE(t.value, 0) AS prunedAt
-           FROM ${META_TABLE} p LEFT JOIN ${META_TABLE} r ON r.key = 'raised:' || substr(p.key, 16)
-           LEFT JOIN ${META_TABLE} t ON t.key = 'pruned_at:' || substr(p.key, 16)
-          WHERE p.key LIKE 'pruned\\_through:%' ESCAPE '\\' AND p.value > ?`,
-      )
-      .all(since) as Array<{ entity: string; horizon: number; raised: number; prunedAt: number }>;
+    // Prepared once: the hub asks every 250 ms and on every catch-up.
+    this.pruned ??= this.catalog.db.prepare(
+      `SELECT substr(p.key, 16) AS entity, p.value AS horizon, COALESCE(r.value = p.value, 0) AS raised, COALESCE(t.value, 0) AS prunedAt
+         FROM ${META_TABLE} p LEFT JOIN ${META_TABLE} r ON r.key = 'raised:' || substr(p.key, 16)
+         LEFT JOIN ${META_TABLE} t ON t.key = 'pruned_at:' || substr(p.key, 16)
+        WHERE p.key LIKE 'pruned\\_through:%' ESCAPE '\\' AND p.value > ?`,
+    );
+    const rows = this.pruned.all(since) as Array<{ entity: string; horizon: number; raised: number; prunedAt: number }>;
     return rows.map((row) => ({ ...row, raised: row.raised === 1 }));
   }
 
