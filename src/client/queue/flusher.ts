@@ -128,13 +128,6 @@ export function flusher<Entry, Result>(options: QueueOptions<Entry, Result>): Fl
     try {
       for (;;) {
         again = false;
-        const queue = await db.read([store], (tx) => tx.all<Entry>(store));
-        if (!queue.length) break;
-        const batch: Entry[] = [];
-        for (const entry of queue) {
-          if (batch.length >= limit || (batch.length && !options.fits(batch, entry))) break;
-          batch.push(entry);
-        }
         // Server changes arriving before the answer is settled are applied after it (`idle`).
         let release!: () => void;
         gate = new Promise((resolve) => {
@@ -142,8 +135,15 @@ export function flusher<Entry, Result>(options: QueueOptions<Entry, Result>): Fl
         });
         try {
           let results: Result[];
+          // One transaction reads the queue's head and makes the batch's identity durable before it leaves.
           // `before`: the identity as this batch found it; `sent` the highest key that left before it.
-          const [as, before] = await db.write([META], async (tx): Promise<[SendAs, Identity]> => {
+          const [batch, as, before] = await db.write([store, META], async (tx): Promise<[Entry[], SendAs?, Identity?]> => {
+            const batch: Entry[] = [];
+            for (const entry of await tx.all<Entry>(store)) {
+              if (batch.length >= limit || (batch.length && !options.fits(batch, entry))) break;
+              batch.push(entry);
+            }
+            if (!batch.length) return [batch];
             const self = (await tx.get<Identity>(META, identity)) ?? {};
             const first = key(batch[0] as Entry);
             const top = key(batch.at(-1) as Entry);
@@ -152,12 +152,13 @@ export function flusher<Entry, Result>(options: QueueOptions<Entry, Result>): Fl
             // Sent before: the server may have applied it, and must not take this for a new client.
             if (first <= (self.s ?? 0)) {
               if (top > (self.s ?? 0)) tx.put(META, { ...self, s: top }, identity);
-              return [{ client_id, retry: self.t && first >= (self.f ?? 1) ? Date.now() - self.t : true }, self];
+              return [batch, { client_id, retry: self.t && first >= (self.f ?? 1) ? Date.now() - self.t : true }, self];
             }
             tx.put(META, { ...self, s: top, t: Date.now(), f: first }, identity);
             // A queue that sent before identities were kept (its first key is not 1) was answered then.
-            return [!self.k && (self.g || self.s || first === 1) ? { client_id, fresh: true } : { client_id }, self];
+            return [batch, !self.k && (self.g || self.s || first === 1) ? { client_id, fresh: true } : { client_id }, self];
           });
+          if (!as || !before) break;
           const sent = before.s ?? 0;
           try {
             results = await options.send(batch, as);
