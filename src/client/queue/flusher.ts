@@ -137,13 +137,13 @@ export function flusher<Entry, Result>(options: QueueOptions<Entry, Result>): Fl
           let results: Result[];
           // One transaction reads the queue's head and makes the batch's identity durable before it leaves.
           // `before`: the identity as this batch found it; `sent` the highest key that left before it.
-          const [batch, as, before] = await db.write([store, META], async (tx): Promise<[Entry[], SendAs?, Identity?]> => {
+          const next = await db.write([store, META], async (tx): Promise<[Entry[], SendAs, Identity] | null> => {
             const batch: Entry[] = [];
             for (const entry of await tx.all<Entry>(store)) {
               if (batch.length >= limit || (batch.length && !options.fits(batch, entry))) break;
               batch.push(entry);
             }
-            if (!batch.length) return [batch];
+            if (!batch.length) return null;
             const self = (await tx.get<Identity>(META, identity)) ?? {};
             const first = key(batch[0] as Entry);
             const top = key(batch.at(-1) as Entry);
@@ -158,7 +158,8 @@ export function flusher<Entry, Result>(options: QueueOptions<Entry, Result>): Fl
             // A queue that sent before identities were kept (its first key is not 1) was answered then.
             return [batch, !self.k && (self.g || self.s || first === 1) ? { client_id, fresh: true } : { client_id }, self];
           });
-          if (!as || !before) break;
+          if (!next) break;
+          const [batch, as, before] = next;
           const sent = before.s ?? 0;
           try {
             results = await options.send(batch, as);
