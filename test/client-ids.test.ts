@@ -181,6 +181,8 @@ for (const store of STORES) {
       const replica = { db, idle: async () => {}, changed: () => {} };
       let loseAnswer = false;
       let refetches = 0;
+      // Offline while the test stages the server's forgetting: the flusher's own retry timer must not resend first.
+      let online = true;
       const flush = outboxFlusher({
         db,
         send: async (entity, changes, as) => {
@@ -195,7 +197,7 @@ for (const store of STORES) {
         changed: () => {},
         conflict: (detail) => conflicts.push(detail),
         refetch: () => refetches++,
-        online: () => true,
+        online: () => online,
         error: () => {},
         log: () => {},
       });
@@ -210,10 +212,12 @@ for (const store of STORES) {
       await make(3);
       loseAnswer = true;
       await flush();
+      online = false;
       assert.equal(db.peek(OUTBOX).size, 1);
       // The replica has caught up past that write (its own change came back).
       await pullEntity(replica, api, 'todos', () => {});
       await forgetClients(server);
+      online = true;
       await make(4);
       await flush();
       await waitFor(() => db.peek(OUTBOX).size === 0, 15_000, 'the outbox to drain');
