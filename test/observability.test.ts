@@ -50,8 +50,27 @@ describe('metrics, Prometheus, tracing and logging', () => {
     sse.close();
   });
 
+  test('with nobody subscribed, writes are not fanned out; a subscriber that comes later catches up on them', async () => {
+    const idle = await startServer();
+    try {
+      const changes = Array.from({ length: 20 }, (_, index) => ({ id: `n${index}`, action: 'create', data: { title: 'n', done: false } }));
+      await postJson(`${idle.url}/api/sync/todos`, { changes });
+      await idle.engine.fannedOut(await idle.engine.currentVersion());
+      assert.equal((await idle.engine.metrics()).changesFannedOut, 0, 'nothing was read for nobody');
+      const late = await WsClient.connect(idle.wsUrl);
+      await late.request({ type: 'subscribe', entities: ['todos'], since: 0 });
+      await waitFor(() => late.changes().length === 20, 5000, 'the catch-up');
+      late.close();
+    } finally {
+      await idle.close();
+    }
+  });
+
   test('the Prometheus endpoint exposes the same figures', async () => {
     const prometheus = await prometheusMetrics(server.engine);
+    // A live connection, so the write is fanned out (with nobody subscribed the hub only moves its cursor).
+    const listener = await WsClient.connect(server.wsUrl);
+    await listener.request({ type: 'subscribe', entities: ['todos'] });
     await postJson(`${server.url}/api/sync/todos`, { changes: [{ id: 'p1', action: 'create', data: { title: 'p', done: false } }] });
     await waitFor(async () => (await server.engine.metrics()).lag === 0 && (await server.engine.metrics()).logSize === 2);
     await server.engine.fannedOut(await server.engine.currentVersion());
@@ -63,15 +82,20 @@ describe('metrics, Prometheus, tracing and logging', () => {
     assert.match(text, /^rhtmx_log_size 2$/m);
     assert.match(text, /^rhtmx_lag_versions 0$/m);
     assert.match(text, /^rhtmx_fanout_seconds_count [1-9]\d*$/m);
+    listener.close();
     prometheus.stop();
   });
 
   test('pull, push and fan-out run inside OpenTelemetry spans', async () => {
     exporter.reset();
+    // Fan-out runs for listeners: with nobody subscribed the hub only moves its cursor.
+    const listener = await WsClient.connect(server.wsUrl);
+    await listener.request({ type: 'subscribe', entities: ['todos'] });
     await fetch(`${server.url}/api/sync/todos?since=0`);
     await postJson(`${server.url}/api/sync/todos`, { changes: [{ id: 't1', action: 'create', data: { title: 't', done: false } }] });
     await server.engine.fannedOut(await server.engine.currentVersion());
     const fanout = await waitFor(() => exporter.getFinishedSpans().find((span) => span.name === 'rhtmx.fanout'));
+    listener.close();
     assert.equal(fanout.attributes['rhtmx.type'], 'change');
     assert.ok(Number(fanout.attributes['rhtmx.changes']) >= 1);
     const spans = exporter.getFinishedSpans();

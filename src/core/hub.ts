@@ -403,17 +403,20 @@ export class ChangeHub {
       do {
         this.wakeAgain = false;
         await this.checkPruned();
+        if (this.subscribers.size === 0) {
+          // Nobody listens: move to the head without reading what nobody would get (a bulk load by
+          // another process costs no log read). Whoever subscribed meanwhile catches up from the log.
+          const head = await this.source.currentVersion();
+          if (this.stopped) return;
+          if (head > this.version) this.advance(head);
+          for (const state of this.subscribers) if (state.cursor < this.version) void this.catchUp(state);
+          continue;
+        }
         const page = await this.source.read(this.version, this.pageSize, this.fieldSubscribers > 0);
         if (this.stopped) return;
         if (page.version > this.version) {
           const batch = new LiveBatch(this.version, page.version, page.changes, page.fieldChanges);
-          this.version = page.version;
-          // A minute of history, one entry per 100 ms at most.
-          const at = Date.now();
-          const last = this.readBy.at(-1);
-          if (last && at - last.at < 100) last.version = page.version;
-          else this.readBy.push({ at, version: page.version });
-          while ((this.readBy[0]?.at ?? at) < at - 60_000) this.readBy.shift();
+          this.advance(page.version);
           const started = performance.now();
           tracedSync(
             'fanout',
@@ -435,6 +438,16 @@ export class ChangeHub {
       this.reading = false;
       this.releaseWaiters();
     }
+  }
+
+  /** The hub has read up to `version`: keep a minute of which version it had read by when, one entry per 100 ms at most. */
+  private advance(version: number): void {
+    this.version = version;
+    const at = Date.now();
+    const last = this.readBy.at(-1);
+    if (last && at - last.at < 100) last.version = version;
+    else this.readBy.push({ at, version });
+    while ((this.readBy[0]?.at ?? at) < at - 60_000) this.readBy.shift();
   }
 
   /**
