@@ -48,7 +48,7 @@ describe('IndexedDB replica', () => {
         INSERT INTO notes (id, body) VALUES (1, 'first'), (2, 'second');`,
       entities: ['todos', 'notes'],
       // Two rows per page: every snapshot here spans several pages.
-      limits: { defaultPullLimit: 2 },
+      limits: { defaultPullLimit: 2, maxPullLimit: 2 },
       seed: [
         ['t1', 'one'],
         ['t2', 'two'],
@@ -68,7 +68,12 @@ describe('IndexedDB replica', () => {
     const context = await browser.newContext();
     const page = await context.newPage();
     forwardConsole(page, 'snapshot-1');
-    // Let the first page through, then fail every continuation page.
+    // The streamed pull is cut after its first page; then every continuation fails.
+    await page.route('**/api/sync/todos?since=0&stream=1', async (route) => {
+      const response = await route.fetch();
+      const [first] = (await response.text()).split('\n');
+      await route.fulfill({ response, body: `${first}\n` });
+    });
     await page.route('**/api/sync/todos?since=0&snapshot=*', (route) => route.abort('connectionreset'));
     await page.goto(fixture.pageUrl());
     const partial = await waitFor(

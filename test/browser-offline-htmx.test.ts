@@ -485,7 +485,7 @@ describe('first catch-up progress', () => {
   let browser: Browser;
   before(async () => {
     const seed = Array.from({ length: 2500 }, (_, index): [string, string] => [`r${String(index).padStart(5, '0')}`, `row ${index}`]);
-    fixture = await startFixture({ seed, limits: { defaultPullLimit: 1000 } });
+    fixture = await startFixture({ seed, limits: { defaultPullLimit: 1000, maxPullLimit: 1000 } });
     browser = await launchBrowser();
   });
   after(async () => {

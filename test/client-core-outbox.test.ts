@@ -231,8 +231,16 @@ describe('replica cursors', () => {
     const db = memoryDb();
     await enqueue(db, ENTITY, { id: 'mine', action: 'create', data: { title: 'local' } });
     const pages: Record<string, PullResponse> = {
-      '/todos?since=0': { entity: ENTITY, changes: [change('a', 5, 'A')], version: 9, has_more: true, reset: true, next: 't1', total: 2 },
-      '/todos?since=0&snapshot=t1': { entity: ENTITY, changes: [change('b', 7, 'B')], version: 9, has_more: false },
+      '/todos?since=0&stream=1': {
+        entity: ENTITY,
+        changes: [change('a', 5, 'A')],
+        version: 9,
+        has_more: true,
+        reset: true,
+        next: 't1',
+        total: 2,
+      },
+      '/todos?since=0&snapshot=t1&stream=1': { entity: ENTITY, changes: [change('b', 7, 'B')], version: 9, has_more: false },
     } as unknown as Record<string, PullResponse>;
     const asked: string[] = [];
     const http = (async (path: string) => {
@@ -245,7 +253,7 @@ describe('replica cursors', () => {
     const replica = { db, idle: async () => {}, changed: () => {} };
     const reached = await pullEntity(replica, http, ENTITY, ({ loaded, total }) => progress.push([loaded, total]));
     assert.equal(reached, 9);
-    assert.deepEqual(asked, ['/todos?since=0', '/todos?since=0&snapshot=t1']);
+    assert.deepEqual(asked, ['/todos?since=0&stream=1', '/todos?since=0&snapshot=t1&stream=1']);
     assert.deepEqual(db.peek(META).get(cursorKey(ENTITY)), { v: 9 } satisfies Cursor);
     assert.deepEqual([...db.peek(ENTITY).keys()].sort(), ['a', 'b', 'mine']);
     assert.deepEqual(progress, [

@@ -418,12 +418,12 @@ describe('demo: examples/todo', () => {
 
   test('in a real browser: a progress bar during a long first load, a pending badge offline', async (t) => {
     if (!existsSync(CHROMIUM)) return t.skip(`${CHROMIUM} is not installed`);
-    // 1,200 more rows: more than two of the demo's 500-row pull pages.
+    // 4,500 more rows: more than two of the demo's 2,000-row streamed pull pages.
     const other = new Database(demo.dbPath);
     other.pragma('busy_timeout = 5000');
     const insert = other.prepare('INSERT INTO todos (id, title, done) VALUES (?, ?, 0)');
     other.transaction(() => {
-      for (let index = 0; index < 1200; index++) insert.run(`bulk-${String(index).padStart(4, '0')}`, `Bulk row ${index}`);
+      for (let index = 0; index < 4500; index++) insert.run(`bulk-${String(index).padStart(4, '0')}`, `Bulk row ${index}`);
     })();
     const total = (other.prepare('SELECT count(*) AS n FROM todos').get() as { n: number }).n;
     const { chromium } = await import('playwright-core');
@@ -446,7 +446,7 @@ describe('demo: examples/todo', () => {
       const progress = (await page.evaluate(() => (window as any).__progress)) as Array<{ loaded: number; total: number }>;
       assert.deepEqual(
         progress.map(({ loaded }) => loaded),
-        [500, 1000, total],
+        [2000, 4000, total],
         'one event per snapshot page, the last one complete',
       );
       assert.ok(progress.every((detail) => detail.total === total));

@@ -10,7 +10,14 @@ import pg from 'pg';
 import { SyncError } from '../src/core/errors.js';
 import { HybridClock } from '../src/core/hlc.js';
 import { ErrorCode } from '../src/core/protocol.js';
-import type { PushBatch, TableSchema, ValidatedChange, WriteDecision } from '../src/core/store.js';
+import {
+  changesJson,
+  type PushBatch,
+  snapshotChanges,
+  type TableSchema,
+  type ValidatedChange,
+  type WriteDecision,
+} from '../src/core/store.js';
 import { LISTEN_APPLICATION_NAME, PostgresStore } from '../src/stores/postgres/index.js';
 import { waitFor } from './helpers.js';
 import { connect, createTestDatabase, listenerPids, rawSql, type TestDatabase } from './pg-helpers.js';
@@ -298,16 +305,24 @@ describe('PostgresStore', () => {
     await database.pool.query('INSERT INTO counters (id, label) SELECT g, $1 || g FROM generate_series(100, 124) g', ['row ']);
     const seen: string[] = [];
     let page = await store.snapshot('counters', 10);
+    let from: string | undefined;
     const pinned = page.version;
     assert.equal(pinned, await store.currentVersion());
     for (;;) {
-      seen.push(...page.changes.map((entry) => entry.id));
-      for (const entry of page.changes) {
+      const changes = snapshotChanges('counters', page);
+      // The JSON text built around the database's row text says what serializing the parsed rows says.
+      assert.deepEqual(JSON.parse(changesJson('counters', page)), changes);
+      const text = await store.snapshotJson('counters', 10, from, pinned);
+      assert.deepEqual(JSON.parse(text.json), changes);
+      assert.equal(text.after, page.after);
+      seen.push(...changes.map((entry) => entry.id));
+      for (const entry of changes) {
         assert.equal(entry.action, 'create');
         assert.equal(entry.data?.id, Number(entry.id));
         assert.ok(entry.version > 0 && entry.version <= pinned);
       }
       if (page.after === undefined) break;
+      from = page.after;
       page = await store.snapshot('counters', 10, page.after, pinned);
       assert.equal(page.version, pinned);
     }

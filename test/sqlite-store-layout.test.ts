@@ -6,7 +6,14 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { type FieldStore, type FieldWrite, fieldClientKey, type TableSchema, type ValidatedChange } from '../src/core/store.js';
+import {
+  type FieldStore,
+  type FieldWrite,
+  fieldClientKey,
+  snapshotChanges,
+  type TableSchema,
+  type ValidatedChange,
+} from '../src/core/store.js';
 import { SqliteStore } from '../src/stores/sqlite/index.js';
 import { type TempDb, tempDb } from './helpers.js';
 
@@ -170,6 +177,29 @@ describe('SQLite store layout', () => {
     const rows = await fields.rows('todos', ['r1', 'missing']);
     assert.deepEqual([...rows.keys()], ['r1']);
     assert.deepEqual(rows.get('r1'), { id: 'r1', title: 'shown', done: true, updated_at: null });
+    await store.close();
+  });
+
+  test('snapshotJson is the JSON of snapshot, page by page, whatever the keys hold', async () => {
+    const { store } = await open(temp);
+    const insert = temp.db.prepare('INSERT INTO todos (id, title, done) VALUES (?, ?, ?)');
+    for (const id of ['q"uote', 'back\\slash', 'new\nline', 'ünï', 'z1', 'z2', 'z3']) insert.run(id, `t ${id}`, 0);
+    let from: string | undefined;
+    const pinned = await store.currentVersion();
+    for (let pages = 0; ; pages++) {
+      const page = await store.snapshot('todos', 3, from, pinned);
+      const text = await store.snapshotJson('todos', 3, from, pinned);
+      assert.deepEqual(JSON.parse(text.json), snapshotChanges('todos', page));
+      assert.equal(text.after, page.after);
+      assert.equal(text.version, pinned);
+      if (page.after === undefined) {
+        assert.ok(pages >= 2);
+        break;
+      }
+      from = page.after;
+    }
+    temp.db.exec('DELETE FROM todos');
+    assert.deepEqual(await store.snapshotJson('todos', 3), { json: '[]', version: await store.currentVersion() });
     await store.close();
   });
 });

@@ -46,9 +46,30 @@ export interface LogPage {
   hasMore: boolean;
 }
 
-/** A page of current rows (snapshot), ordered by primary key. */
+/**
+ * A snapshot page as the JSON text of its changes (what `changesJson` makes
+ * of the same page): a page nobody filters is sent without a row object,
+ * a parse or a serialization in between.
+ */
+export interface SnapshotJson {
+  json: string;
+  version: number;
+  after?: string;
+}
+
+/** A current row as a snapshot reads it: its data as the JSON text the database built, and its latest log version (0: never logged). */
+export interface SnapshotRow {
+  id: string;
+  data: string;
+  version: number;
+}
+
+/**
+ * A page of current rows (snapshot), ordered by primary key. The rows keep
+ * the database's JSON text; `snapshotChanges` parses it.
+ */
 export interface SnapshotPage {
-  changes: Change[];
+  rows: SnapshotRow[];
   /** The log version the snapshot is consistent with (taken on its first page). */
   version: number;
   /** Primary key of the last row on the page; absent when this is the last page. */
@@ -273,25 +294,36 @@ export function guarded<T>(call: () => T, fallback: (message: string) => T): T {
 
 /**
  * A snapshot page from up to `limit + 1` current rows in key order (the extra
- * row only says that more follow), each with its latest log version. Every
- * dialect's snapshot read ends here.
+ * row only says that more follow). Every dialect's snapshot read ends here.
  */
-export function snapshotPage(
-  entity: string,
-  rows: Array<{ id: string; data: Row; version: number }>,
-  limit: number,
-  version: number,
-): SnapshotPage {
-  const page = rows.length > limit ? rows.slice(0, limit) : rows;
-  const changes: Change[] = page.map((row) => ({
+export function snapshotPage(rows: SnapshotRow[], limit: number, version: number): SnapshotPage {
+  const more = rows.length > limit;
+  if (more) rows.length = limit;
+  return { rows, version, after: more ? rows[rows.length - 1]?.id : undefined };
+}
+
+/** A snapshot page's rows as creates (each at its latest version), their data parsed. */
+export function snapshotChanges(entity: string, page: SnapshotPage): Change[] {
+  return page.rows.map((row) => ({
     entity,
     id: row.id,
     entity_id: row.id,
     action: 'create',
-    data: row.data,
+    data: JSON.parse(row.data) as Row,
     version: row.version,
   }));
-  return { changes, version, after: rows.length > limit ? changes[changes.length - 1]?.id : undefined };
+}
+
+/** The JSON text of `snapshotChanges(entity, page)`, built around the database's row text instead of parsing it. */
+export function changesJson(entity: string, page: SnapshotPage): string {
+  const head = `{"entity":${JSON.stringify(entity)},"id":`;
+  let text = '[';
+  for (let index = 0; index < page.rows.length; index++) {
+    const row = page.rows[index] as SnapshotRow;
+    const id = JSON.stringify(row.id);
+    text += `${index ? ',' : ''}${head}${id},"entity_id":${id},"action":"create","data":${row.data},"version":${row.version}}`;
+  }
+  return `${text}]`;
 }
 
 /** The state of a row the server never had. */
@@ -320,6 +352,8 @@ export interface Store {
    * `atVersion` is the version the snapshot started at (first page: omitted).
    */
   snapshot(entity: string, limit: number, after?: string, atVersion?: number): Promise<SnapshotPage>;
+  /** The same page as `snapshot`, as the JSON text of its changes. */
+  snapshotJson(entity: string, limit: number, after?: string, atVersion?: number): Promise<SnapshotJson>;
   /** Lowest cursor still served incrementally; older cursors must refetch. */
   retainedSince(entity: string): Promise<number>;
   /** The entities whose `retainedSince` is above `since` (the hub's check that cleanup pruned nothing it had yet to read). */

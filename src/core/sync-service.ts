@@ -28,7 +28,7 @@ import {
   type SchemaResponse,
 } from './protocol.js';
 import { type StandardSchemaV1, toSchemaIssues } from './standard-schema.js';
-import type { AppliedChange, ServerRowState, Store, TableSchema, WriteDecision } from './store.js';
+import { type AppliedChange, type ServerRowState, type Store, snapshotChanges, type TableSchema, type WriteDecision } from './store.js';
 import { traced } from './tracing.js';
 import { type ValidatedPush, validatePush } from './validation.js';
 
@@ -37,6 +37,11 @@ export interface PullParams {
   limit: number;
   /** Continuation token of a snapshot (`next` of the previous page). */
   snapshot?: string | null;
+  /**
+   * A page of a streamed pull, whose reader follows `next`: a snapshot page
+   * with more behind it reports cursor 0 instead of looking for one.
+   */
+  streamed?: boolean;
 }
 
 interface SyncedEntity {
@@ -100,34 +105,51 @@ export class SyncService {
 
   /** Pull as `user` sees it: rows outside their read scope are left out of snapshots and become deletes in the log. */
   async pull(entityName: string, params: PullParams, user: SyncUser | null = null): Promise<PullResponse> {
+    const { response, json } = await this.pullEncoded(entityName, params, user);
+    if (json !== undefined) response.changes = JSON.parse(json) as Change[];
+    return response;
+  }
+
+  /** One pull page as the JSON text of its PullResponse (what HTTP sends). */
+  async pullJson(entityName: string, params: PullParams, user: SyncUser | null = null): Promise<{ page: PullResponse; text: string }> {
+    const { response, json } = await this.pullEncoded(entityName, params, user);
+    return { page: response, text: json === undefined ? JSON.stringify(response) : spliceChanges(response, json) };
+  }
+
+  private pullEncoded(entityName: string, params: PullParams, user: SyncUser | null): Promise<EncodedPull> {
     this.entity(entityName);
     return traced('pull', { entity: entityName, since: params.since }, () => this.pullPage(entityName, params, user));
   }
 
-  private async pullPage(entityName: string, params: PullParams, user: SyncUser | null): Promise<PullResponse> {
+  private async pullPage(entityName: string, params: PullParams, user: SyncUser | null): Promise<EncodedPull> {
     const { schema, config } = this.entity(entityName);
-    const visible = (page: { changes: Change[]; version: number; after?: string }) =>
-      config.read ? { ...page, changes: page.changes.filter((change) => inScope(change.data, config.read, user)) } : page;
     if (params.snapshot) {
-      const { version, after } = decodeSnapshotToken(params.snapshot);
-      const page = await this.store.snapshot(schema.entity, params.limit, after, version);
-      return this.continuable(schema.entity, this.snapshotResponse(entityName, visible(page), false));
+      const encoded = await this.snapshotResponse(entityName, params.limit, false, user, params.snapshot);
+      if (!params.streamed) return this.continuable(schema.entity, encoded);
+      if (encoded.response.has_more) encoded.response.version = 0;
+      return encoded;
     }
     const retained = params.since > 0 ? await this.store.retainedSince(schema.entity) : 0;
     if (params.since === 0 || params.since < retained) {
       // A fresh client, or a cursor older than the pruned log: send the current rows, marked as a reset.
-      const page = await this.store.snapshot(schema.entity, params.limit);
-      const response = this.snapshotResponse(entityName, visible(page), true);
-      if (response.has_more) response.total = await this.store.countRows(schema.entity);
-      return this.continuable(schema.entity, response);
+      const encoded = await this.snapshotResponse(entityName, params.limit, true, user);
+      if (!encoded.response.has_more) return encoded;
+      encoded.response.total = await this.store.countRows(schema.entity);
+      if (params.streamed) {
+        encoded.response.version = 0;
+        return encoded;
+      }
+      return this.continuable(schema.entity, encoded);
     }
     const page = await this.store.readEntityLog(schema.entity, params.since, params.limit);
     const changes = latestPerRow(page.changes);
     return {
-      entity: entityName,
-      version: page.version,
-      changes: config.read ? changes.map((change) => scopeChange(change, config.read, user)) : changes,
-      has_more: page.hasMore,
+      response: {
+        entity: entityName,
+        version: page.version,
+        changes: config.read ? changes.map((change) => scopeChange(change, config.read, user)) : changes,
+        has_more: page.hasMore,
+      },
     };
   }
 
@@ -152,17 +174,32 @@ export class SyncService {
     };
   }
 
-  private snapshotResponse(entity: string, page: { changes: Change[]; version: number; after?: string }, first: boolean): PullResponse {
-    const response: PullResponse = { entity, version: page.version, changes: page.changes, has_more: page.after !== undefined };
+  /** A snapshot page as `user` sees it: filtered by the read scope, or (nobody filters) as the JSON text the store built. */
+  private async snapshotResponse(
+    entity: string,
+    limit: number,
+    first: boolean,
+    user: SyncUser | null,
+    token?: string,
+  ): Promise<EncodedPull> {
+    const { config, schema } = this.entity(entity);
+    const { after, version } = token ? decodeSnapshotToken(token) : { after: undefined, version: undefined };
+    const page = config.read
+      ? await this.store.snapshot(schema.entity, limit, after, version)
+      : await this.store.snapshotJson(schema.entity, limit, after, version);
+    const response: PullResponse = { entity, version: page.version, changes: [], has_more: page.after !== undefined };
     if (first) response.reset = true;
     if (page.after !== undefined) response.next = encodeSnapshotToken(page.version, page.after);
-    return response;
+    if ('json' in page) return { response, json: page.json };
+    response.changes = snapshotChanges(entity, page).filter((change) => inScope(change.data, config.read, user));
+    return { response };
   }
 
   /** A snapshot page with more behind it reports the cursor a since-pull continues from; `next` keeps the snapshot's version. */
-  private async continuable(entity: string, response: PullResponse): Promise<PullResponse> {
+  private async continuable(entity: string, encoded: EncodedPull): Promise<EncodedPull> {
+    const { response } = encoded;
     if (response.has_more) response.version = await this.cursors.cursor(entity, response.version, response.total);
-    return response;
+    return encoded;
   }
 
   /**
@@ -177,7 +214,7 @@ export class SyncService {
     const pinned = page.version;
     let floor = pinned;
     for (;;) {
-      for (const change of page.changes) floor = Math.min(floor, change.version - 1);
+      for (const row of page.rows) floor = Math.min(floor, row.version - 1);
       if (floor < lowest) return 0;
       if (page.after === undefined) return floor;
       page = await this.store.snapshot(entity, chunk, page.after, pinned);
@@ -234,6 +271,18 @@ export class SyncService {
       })),
     };
   }
+}
+
+/** A pull page whose changes (a snapshot page nobody filters) may still be the database's JSON text: `json` then stands for `changes`. */
+interface EncodedPull {
+  response: PullResponse;
+  json?: string;
+}
+
+/** The JSON text of `response` with `changes` set to the array text `json`. */
+function spliceChanges(response: PullResponse, json: string): string {
+  const { changes: _changes, ...head } = response;
+  return `{"changes":${json},${JSON.stringify(head).slice(1)}`;
 }
 
 /** Within one page only the newest entry per row matters; older ones are superseded. */

@@ -2,14 +2,15 @@
  * The engine's HTTP face as a Web-standard handler: `(Request) => Response`.
  * Every framework adapter funnels into this one function.
  */
+import { pipeline, Readable } from 'node:stream';
 import { promisify } from 'node:util';
-import { gzip } from 'node:zlib';
+import { createGzip, gzip } from 'node:zlib';
 import type { SyncLimits, SyncUser } from '../core/config.js';
 import { SyncError, toSyncError } from '../core/errors.js';
 import type { FieldService } from '../core/field/service.js';
 import type { ChangeHub } from '../core/hub.js';
 import { ErrorCode } from '../core/protocol.js';
-import type { SyncService } from '../core/sync-service.js';
+import type { PullParams, SyncService } from '../core/sync-service.js';
 import { parseCursor, parseJson, parseLimit } from '../core/validation.js';
 import type { ClientAssets } from './assets.js';
 import { type Access, admit, admitPublic } from './gate.js';
@@ -29,18 +30,75 @@ export interface HttpRoutesOptions extends Access {
 }
 
 /** A JSON response, gzipped when the client accepts it and it is worth it. */
-export async function jsonResponse(request: Request, body: unknown, status = 200): Promise<Response> {
-  const text = JSON.stringify(body);
-  const headers: Record<string, string> = {
-    'content-type': 'application/json; charset=utf-8',
-    'cache-control': 'no-store',
-    vary: 'accept-encoding',
-  };
-  if (text.length >= GZIP_MIN_BYTES && /\bgzip\b/.test(request.headers.get('accept-encoding') ?? '')) {
+export function jsonResponse(request: Request, body: unknown, status = 200): Promise<Response> {
+  return jsonTextResponse(request, JSON.stringify(body), status);
+}
+
+const acceptsGzip = (request: Request) => /\bgzip\b/.test(request.headers.get('accept-encoding') ?? '');
+
+const responseHeaders = (type: string): Record<string, string> => ({
+  'content-type': `${type}; charset=utf-8`,
+  'cache-control': 'no-store',
+  vary: 'accept-encoding',
+});
+
+/** `jsonResponse` of a body already serialized. */
+async function jsonTextResponse(request: Request, text: string, status = 200): Promise<Response> {
+  const headers = responseHeaders('application/json');
+  if (text.length >= GZIP_MIN_BYTES && acceptsGzip(request)) {
     headers['content-encoding'] = 'gzip';
     return new Response(await gzipAsync(text), { status, headers });
   }
   return new Response(text, { status, headers });
+}
+
+/** A pull page: its response (where the next page starts) and the JSON text that is sent. */
+export type PageRead = (params: PullParams) => Promise<{ page: { version: number; has_more: boolean; next?: string }; text: string }>;
+
+/**
+ * A pull answer. With `stream=1` it is every page from `params` on, one JSON
+ * line each, until a page says nothing more follows (docs/protocol.md,
+ * "Streamed pull"): one response instead of a round trip per page, each page
+ * read while the one before is on the wire, gzipped fast. The first page is
+ * read before answering, so its refusal is a plain HTTP error; a later one
+ * ends the stream with an error line, and the client resumes from the last
+ * page it applied.
+ */
+export async function pullResponse(
+  request: Request,
+  params: PullParams,
+  streamed: boolean,
+  read: PageRead,
+  onError?: (error: unknown) => void,
+) {
+  const first = await read(params);
+  if (!streamed || !first.page.has_more) return jsonTextResponse(request, first.text);
+  async function* lines(): AsyncGenerator<string> {
+    let current = first;
+    for (;;) {
+      yield `${current.text}\n`;
+      const { page } = current;
+      if (!page.has_more) return;
+      const next = page.next
+        ? { since: 0, limit: params.limit, snapshot: page.next, streamed: true }
+        : { since: page.version, limit: params.limit, streamed: true };
+      try {
+        current = await read(next);
+      } catch (error) {
+        const refusal = toSyncError(error);
+        if (refusal.status >= 500) onError?.(error);
+        yield `${JSON.stringify(refusal.toBody())}\n`;
+        return;
+      }
+    }
+  }
+  const headers = responseHeaders('application/x-ndjson');
+  // One page read ahead of the socket: memory stays a page or two per stream, however slow the reader.
+  const source = Readable.from(lines(), { objectMode: false, highWaterMark: 1 });
+  if (!acceptsGzip(request)) return new Response(Readable.toWeb(source) as ReadableStream<Uint8Array>, { headers });
+  headers['content-encoding'] = 'gzip';
+  const body = pipeline(source, createGzip({ level: 1 }), () => {});
+  return new Response(Readable.toWeb(body) as ReadableStream<Uint8Array>, { headers });
 }
 
 /** Read a request body as text, refusing it as soon as it passes the limit. */
@@ -138,8 +196,7 @@ export class HttpRoutes {
         base: 'sync',
         pattern: [':entity'],
         methods: {
-          GET: async (request, url, [entity], user) =>
-            jsonResponse(request, await this.service.pull(entity as string, this.pullParams(url), user)),
+          GET: (request, url, [entity], user) => this.pull(request, url, (params) => this.service.pullJson(entity as string, params, user)),
           POST: async (request, _url, [entity], user) => {
             this.service.entity(entity as string); // unknown entity: 404 before reading the body
             return pushed(await this.service.push(entity as string, await body(request), user), request);
@@ -150,8 +207,11 @@ export class HttpRoutes {
         base: 'field',
         pattern: [':entity'],
         methods: {
-          GET: async (request, url, [entity], user) =>
-            jsonResponse(request, await field().pull(entity as string, this.pullParams(url), user)),
+          GET: (request, url, [entity], user) =>
+            this.pull(request, url, async (params) => {
+              const page = await field().pull(entity as string, params, user);
+              return { page, text: JSON.stringify(page) };
+            }),
           POST: async (request, _url, [entity], user) => {
             field().target(entity as string);
             return pushed(await field().push(entity as string, await body(request), user), request);
@@ -224,12 +284,18 @@ export class HttpRoutes {
     return handler(request, url, params, user);
   }
 
-  private pullParams(url: URL) {
-    return {
-      since: parseCursor(url.searchParams.get('since'), 'since', 0),
-      limit: parseLimit(url.searchParams.get('limit'), this.options.limits),
-      snapshot: url.searchParams.get('snapshot'),
+  /** A pull, streamed with `stream=1`; a stream's pages default to the largest page size. */
+  private pull(request: Request, url: URL, read: PageRead): Promise<Response> {
+    const query = url.searchParams;
+    const streamed = query.get('stream') === '1';
+    const { limits } = this.options;
+    const params = {
+      since: parseCursor(query.get('since'), 'since', 0),
+      limit: parseLimit(query.get('limit'), streamed ? { ...limits, defaultPullLimit: limits.maxPullLimit } : limits),
+      snapshot: query.get('snapshot'),
+      streamed,
     };
+    return pullResponse(request, params, streamed, read, this.options.onError);
   }
 
   private events(request: Request, url: URL, user: SyncUser | null): Response {

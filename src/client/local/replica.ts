@@ -134,8 +134,10 @@ export interface ReplicaHost {
 
 /**
  * Pull one entity until caught up: snapshot pages (`reset`, then `next`
- * tokens) or incremental pages (`since`, `has_more`). Each page and its
- * cursor land in one transaction. Resolves with the cursor reached.
+ * tokens) or incremental pages (`since`, `has_more`), streamed in one
+ * response where the server streams. Each page and its cursor land in one
+ * transaction, while the next page is read and parsed. A stream cut short
+ * resumes from the last page applied. Resolves with the cursor reached.
  */
 export async function pullEntity(
   { db, idle, changed }: ReplicaHost,
@@ -144,44 +146,63 @@ export async function pullEntity(
   progress: (detail: ProgressDetail) => void,
 ): Promise<number> {
   const key = cursorKey(entity);
+  const pages =
+    http.lines ??
+    async function* <T>(path: string) {
+      yield await http<T>(path);
+    };
   for (;;) {
     const cursor = await db.read([META], (tx) => tx.get<Cursor>(META, key));
     const token = cursor?.n;
-    let page: PullResponse;
+    const stop = new AbortController();
+    const stream = pages<PullResponse>(
+      `/${encodeURIComponent(entity)}?since=${token ? `0&snapshot=${encodeURIComponent(token)}` : (cursor?.v ?? 0)}&stream=1`,
+      stop.signal,
+    );
     try {
-      page = await http(`/${encodeURIComponent(entity)}?since=${token ? `0&snapshot=${encodeURIComponent(token)}` : (cursor?.v ?? 0)}`);
+      let ahead = stream.next();
+      for (;;) {
+        const { value: page, done } = await ahead;
+        // Cut short (or a server that does not stream): go on from the cursor the last page left.
+        if (done) break;
+        ahead = stream.next();
+        ahead.catch(() => {});
+        // A push answer still on its way must not overwrite what this page brings (the push gate, flusher.ts).
+        await idle();
+        const [rows, next, snapshot, total, loaded] = await db.write([entity, META, OUTBOX], async (tx) => {
+          const now = await tx.get<Cursor>(META, key);
+          // Mid-snapshot (a token stored by the page before): this page continues it.
+          const continuing = !page.reset && now?.n !== undefined;
+          const snapshot = page.reset || continuing;
+          const rows: RowChange[] = [];
+          if (page.reset) {
+            tx.clear(entity);
+            // Pending local changes survive a reset: re-apply them on the empty store.
+            for (const entry of await pendingFor(tx, entity)) {
+              applyLocal(tx, entry, await tx.get<StoredRow>(entity, entry.id));
+              rows.push([entity, entry.id, entry.action]);
+            }
+          }
+          rows.push(...(await applyServer(tx, entity, page.changes, snapshot ? null : (now?.v ?? 0))));
+          const next: Cursor = { v: snapshot ? page.version : Math.max(now?.v ?? 0, page.version) };
+          const total = page.total ?? now?.t;
+          const loaded = (continuing ? (now?.l ?? 0) : 0) + page.changes.length;
+          if (page.next) Object.assign(next, { n: page.next, t: total, l: loaded });
+          tx.put(META, next, key);
+          return [rows, next, snapshot, total, loaded] as const;
+        });
+        changed(rows);
+        // A snapshot of several pages: its first page announced the row count (an upper bound under read rules).
+        if (snapshot && total !== undefined) progress({ entity, loaded: page.has_more ? loaded : total, total });
+        if (!page.has_more) return next.v;
+      }
     } catch (error) {
       // A snapshot token the server no longer accepts (e.g. after a deploy): start the snapshot over.
       if (!token || (error as SyncHttpError).code !== 'bad_cursor') throw error;
       await db.write([META], (tx) => tx.delete(META, key));
-      continue;
+    } finally {
+      stop.abort();
     }
-    // A push answer still on its way must not overwrite what this page brings (the push gate, flusher.ts).
-    await idle();
-    const snapshot = Boolean(token || page.reset);
-    const [rows, next, total, loaded] = await db.write([entity, META, OUTBOX], async (tx) => {
-      const now = await tx.get<Cursor>(META, key);
-      const rows: RowChange[] = [];
-      if (page.reset) {
-        tx.clear(entity);
-        // Pending local changes survive a reset: re-apply them on the empty store.
-        for (const entry of await pendingFor(tx, entity)) {
-          applyLocal(tx, entry, await tx.get<StoredRow>(entity, entry.id));
-          rows.push([entity, entry.id, entry.action]);
-        }
-      }
-      rows.push(...(await applyServer(tx, entity, page.changes, snapshot ? null : (now?.v ?? 0))));
-      const next: Cursor = { v: snapshot ? page.version : Math.max(now?.v ?? 0, page.version) };
-      const total = page.total ?? now?.t;
-      const loaded = (token ? (now?.l ?? 0) : 0) + page.changes.length;
-      if (page.next) Object.assign(next, { n: page.next, t: total, l: loaded });
-      tx.put(META, next, key);
-      return [rows, next, total, loaded] as const;
-    });
-    changed(rows);
-    // A snapshot of several pages: its first page announced the row count (an upper bound under read rules).
-    if (snapshot && total !== undefined) progress({ entity, loaded: page.has_more ? loaded : total, total });
-    if (!page.has_more) return next.v;
   }
 }
 

@@ -45,21 +45,87 @@ export class SyncHttpError extends Error {
 }
 
 /** JSON over HTTP below one base URL: GET without `body`, POST with it. Rejects with a `SyncHttpError` for non-2xx answers. */
-export type Http = <T>(path: string, body?: object) => Promise<T>;
+export interface Http {
+  <T>(path: string, body?: object): Promise<T>;
+  /**
+   * A streamed GET (docs/protocol.md, "Streamed pull"): each JSON line in
+   * turn, or the one JSON body of a server that does not stream. An error
+   * line rejects with a `SyncHttpError` (status 0). `signal` ends it.
+   * Absent: one page per request.
+   */
+  lines?<T>(path: string, signal: AbortSignal): AsyncGenerator<T>;
+}
+
+/** A request that hangs (a half-open connection), or a stream silent this long, fails. */
+const DEADLINE_MS = 60_000;
 
 /**
  * An `Http` for the routes under `base`, over `fetcher` (the soak's network)
- * or the page's current `fetch`. A request that hangs (a half-open
- * connection) fails after a minute, where `AbortSignal.timeout` exists.
+ * or the page's current `fetch`.
  */
-export const http =
-  (base: string, fetcher?: typeof fetch): Http =>
-  async <T>(path: string, body?: object): Promise<T> => {
-    const response = await (fetcher ?? fetch)(base + path, {
-      cache: 'no-store',
-      signal: AbortSignal.timeout?.(60_000),
-      ...(body && { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
-    });
-    if (!response.ok) throw await SyncHttpError.fromResponse(response);
-    return response.json() as Promise<T>;
+export const http = (base: string, fetcher?: typeof fetch): Http => {
+  /** The answer, and `touch`, which restarts its deadline (`done` clears it). */
+  const send = async (path: string, body?: object, outer?: AbortSignal) => {
+    const stop = new AbortController();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const touch = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => stop.abort(new DOMException('no answer', 'TimeoutError')), DEADLINE_MS);
+    };
+    const done = () => clearTimeout(timer);
+    outer?.addEventListener('abort', () => stop.abort(outer.reason));
+    touch();
+    try {
+      const response = await (fetcher ?? fetch)(base + path, {
+        cache: 'no-store',
+        signal: stop.signal,
+        ...(body && { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+      });
+      if (!response.ok) throw await SyncHttpError.fromResponse(response);
+      return { response, touch, done, signal: stop.signal };
+    } catch (error) {
+      done();
+      throw error;
+    }
   };
+  return Object.assign(
+    async <T>(path: string, body?: object): Promise<T> => {
+      const { response, done } = await send(path, body);
+      try {
+        return (await response.json()) as T;
+      } finally {
+        done();
+      }
+    },
+    {
+      async *lines<T>(path: string, outer: AbortSignal): AsyncGenerator<T> {
+        const { response, touch, done, signal } = await send(path, undefined, outer);
+        try {
+          if (!/ndjson/.test(response.headers.get('content-type') ?? '')) return yield (await response.json()) as T;
+          const reader = (response.body as ReadableStream).pipeThrough(new TextDecoderStream()).getReader();
+          // Node 20's fetch leaves a read pending for good when a complete body is aborted: cancel the reader too.
+          signal.addEventListener('abort', () => void reader.cancel().catch(() => {}));
+          // A line's pieces until its newline comes (joined once: a page is megabytes in many chunks).
+          const parts: string[] = [];
+          for (;;) {
+            const { done: ended, value } = await reader.read();
+            if (signal.aborted) throw signal.reason;
+            if (ended) return;
+            touch();
+            let start = 0;
+            for (let end = value.indexOf('\n'); end >= 0; start = end + 1, end = value.indexOf('\n', start)) {
+              parts.push(value.slice(start, end));
+              const line = JSON.parse(parts.join('')) as T & Partial<ErrorBody>;
+              parts.length = 0;
+              if (line.error) throw new SyncHttpError(response.url, 0, line as ErrorBody);
+              yield line as T;
+            }
+            parts.push(value.slice(start));
+          }
+        } finally {
+          done();
+        }
+      },
+    },
+  );
+};

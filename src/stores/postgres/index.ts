@@ -21,6 +21,7 @@ import type {
   LogPage,
   PrunedHorizon,
   PushBatch,
+  SnapshotJson,
   SnapshotPage,
   Store,
   TableSchema,
@@ -112,6 +113,10 @@ export class PostgresStore implements Store {
 
   snapshot(entity: string, limit: number, after?: string, atVersion?: number): Promise<SnapshotPage> {
     return this.reads.snapshot(entity, limit, after, atVersion);
+  }
+
+  snapshotJson(entity: string, limit: number, after?: string, atVersion?: number): Promise<SnapshotJson> {
+    return this.reads.snapshotJson(entity, limit, after, atVersion);
   }
 
   raiseHorizon(entities: readonly string[]): Promise<number> {

@@ -5,7 +5,7 @@
  */
 import { SyncError } from '../../core/errors.js';
 import { type Change, type ChangeAction, ErrorCode, type Row } from '../../core/protocol.js';
-import { type LogPage, type PrunedHorizon, type SnapshotPage, snapshotPage } from '../../core/store.js';
+import { changesJson, type LogPage, type PrunedHorizon, type SnapshotJson, type SnapshotPage, snapshotPage } from '../../core/store.js';
 import type { HorizonReader } from './horizon.js';
 import { type Catalog, keyFits } from './schema.js';
 
@@ -60,28 +60,33 @@ export class LogReader {
       if (!keyFits(entity, after)) throw new SyncError(ErrorCode.BadCursor, 'invalid snapshot token', 400);
       params.push(after);
     }
-    const sql = `SELECT ${entity.idText('t')} AS id, ${entity.rowJson('t')} AS data,
+    const sql = `SELECT ${entity.idText('t')} AS id, ${entity.rowJson('t')}::text AS data,
         COALESCE((SELECT l.version FROM ${this.catalog.names.log} l WHERE l.entity = $1 AND l.entity_id = ${entity.idText('t')}
                   ORDER BY l.version DESC LIMIT 1), 0) AS version
       FROM ${table} t ${after === undefined ? '' : `WHERE t.${key} > $3`} ORDER BY t.${key} LIMIT $2`;
-    type SnapshotRow = { id: string; data: Row; version: string };
-    let rows: SnapshotRow[];
+    type Read = { id: string; data: string; version: string };
+    let rows: Read[];
     let version: number;
     if (atVersion !== undefined) {
       // Later pages: the cursor is pinned to the first page's; one statement is one snapshot.
-      rows = (await this.catalog.pool.query<SnapshotRow>(sql, params)).rows;
+      rows = (await this.catalog.pool.query<Read>(sql, params)).rows;
       version = atVersion;
     } else {
-      const read = await this.reader.read(async (client) => (await client.query<SnapshotRow>(sql, params)).rows);
+      const read = await this.reader.read(async (client) => (await client.query<Read>(sql, params)).rows);
       rows = read.result;
       version = read.cursor;
     }
     return snapshotPage(
-      entityName,
       rows.map((row) => ({ ...row, version: Number(row.version) })),
       limit,
       version,
     );
+  }
+
+  /** `snapshot` as the JSON text of its changes. */
+  async snapshotJson(entity: string, limit: number, after?: string, atVersion?: number): Promise<SnapshotJson> {
+    const page = await this.snapshot(entity, limit, after, atVersion);
+    return { json: changesJson(entity, page), version: page.version, after: page.after };
   }
 
   /** Lowest cursor still served incrementally: the newest delete cleanup pruned for this entity. */

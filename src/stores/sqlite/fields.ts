@@ -212,13 +212,13 @@ export class SqliteFieldStore implements FieldStore {
     return this.catalog.db.transaction((): FieldSnapshotPage => {
       // The entity snapshot's page, in the same transaction as the entries read for it.
       const page = this.reads.snapshot(entityName, limit, after, atVersion);
-      const ids = page.changes.map((change) => change.entity_id);
+      const ids = page.rows.map((row) => row.id);
       const entries = new Map<string, Entry[]>();
       for (const entry of this.s.pageEntries.all(entityName, JSON.stringify(ids)) as Array<Entry & { entity_id: string }>) {
         entries.set(entry.entity_id, [...(entries.get(entry.entity_id) ?? []), entry]);
       }
-      const changes = page.changes.flatMap(({ entity_id: id, data }) =>
-        this.fields(target, id, data as Row, entries.get(id) ?? []).map(
+      const changes = page.rows.flatMap(({ id, data }) =>
+        this.fields(target, id, JSON.parse(data) as Row, entries.get(id) ?? []).map(
           ({ field, value, stamp }): FieldChange => ({
             entity: entityName,
             entity_id: id,

@@ -17,6 +17,7 @@ import type {
   LogPage,
   PrunedHorizon,
   PushBatch,
+  SnapshotJson,
   SnapshotPage,
   Store,
   TableSchema,
@@ -100,6 +101,10 @@ export class SqliteStore implements Store {
 
   async snapshot(entity: string, limit: number, after?: string, atVersion?: number): Promise<SnapshotPage> {
     return this.ready.reads.snapshot(entity, limit, after, atVersion);
+  }
+
+  async snapshotJson(entity: string, limit: number, after?: string, atVersion?: number): Promise<SnapshotJson> {
+    return this.ready.reads.snapshotJson(entity, limit, after, atVersion);
   }
 
   async raiseHorizon(entities: readonly string[]): Promise<number> {

@@ -5,7 +5,7 @@
  */
 import type Database from 'better-sqlite3';
 import type { Change, ChangeAction, Row } from '../../core/protocol.js';
-import { type LogPage, type PrunedHorizon, type SnapshotPage, snapshotPage } from '../../core/store.js';
+import { type LogPage, type PrunedHorizon, type SnapshotJson, type SnapshotPage, snapshotPage } from '../../core/store.js';
 import { type Catalog, LOG_TABLE, META_TABLE } from './schema.js';
 
 interface LogRow {
@@ -49,9 +49,16 @@ export class LogReader {
     const entity = this.catalog.entity(entityName);
     return this.catalog.db.transaction((): SnapshotPage => {
       const version = atVersion ?? this.catalog.currentVersion();
-      const rows = entity.page(limit + 1, after).map((row) => ({ ...row, data: JSON.parse(row.data) as Row }));
-      return snapshotPage(entityName, rows, limit, version);
+      return snapshotPage(entity.page(limit + 1, after), limit, version);
     })();
+  }
+
+  /** `snapshot` as the JSON text of its changes, built by the database. */
+  snapshotJson(entityName: string, limit: number, after?: string, atVersion?: number): SnapshotJson {
+    const entity = this.catalog.entity(entityName);
+    return this.catalog.db.transaction(
+      (): SnapshotJson => ({ version: atVersion ?? this.catalog.currentVersion(), ...entity.pageJson(limit, after) }),
+    )();
   }
 
   /** Lowest cursor still served incrementally: the newest delete cleanup pruned for this entity. */

@@ -98,6 +98,17 @@ function prepareTable(db: Database, schema: TableSchema) {
   const [first, next] = ['', `WHERE t.${key} > ?`].map((where) =>
     db.prepare(`SELECT ${idText}, ${rowJson('t')} AS data, ${version} FROM ${table} t ${where} ORDER BY t.${key} LIMIT ?`),
   ) as [Statement, Statement];
+  // The same page as one string of change objects (core/store.ts snapshotJson's shape): no row objects, no JSON parse in JS.
+  const change = `'{"entity":' || ${literal(JSON.stringify(schema.entity))} || ',"id":' || json_quote(CAST(t.${key} AS TEXT))
+    || ',"entity_id":' || json_quote(CAST(t.${key} AS TEXT)) || ',"action":"create","data":' || ${rowJson('t')}
+    || ',"version":' || ${version.replace(/ AS version$/, '')} || '}'`;
+  const [firstJson, nextJson] = ['', `WHERE t.${key} > ?`].map((where) =>
+    db.prepare(
+      `SELECT '[' || COALESCE(group_concat(c, ',' ORDER BY k), '') || ']' AS json, count(*) AS count, CAST(max(k) AS TEXT) AS last
+         FROM (SELECT t.${key} AS k, ${change} AS c FROM ${table} t ${where} ORDER BY t.${key} LIMIT ?)`,
+    ),
+  ) as [Statement, Statement];
+  const rowAfter = db.prepare(`SELECT 1 FROM ${table} WHERE ${key} > ? LIMIT 1`).pluck();
   const selectRow = db.prepare(`SELECT ${rowJson('t')} FROM ${table} t WHERE t.${key} = ?`).pluck();
   const selectRows = db.prepare(
     `SELECT ${idText}, ${rowJson('t')} AS data FROM ${table} t WHERE t.${key} IN (SELECT value FROM json_each(?))`,
@@ -125,6 +136,16 @@ function prepareTable(db: Database, schema: TableSchema) {
         data: string;
         version: number;
       }>;
+    },
+    /** `page` as the JSON text of its changes (`snapshotJson`), with whether rows follow it. */
+    pageJson(limit: number, after: string | undefined): { json: string; after?: string } {
+      const page = (after === undefined ? firstJson.get(limit) : nextJson.get(keyValue(after), limit)) as {
+        json: string;
+        count: number;
+        last: string | null;
+      };
+      const more = page.count === limit && page.last !== null && rowAfter.get(keyValue(page.last)) !== undefined;
+      return more ? { json: page.json, after: page.last as string } : { json: page.json };
     },
     /** The row as its JSON shows it (the one shape the log, snapshots and field reads show), or null. */
     row(id: string): Row | null {
