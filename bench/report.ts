@@ -19,12 +19,15 @@ function table(lines: string[], { columns, rows }: { columns: string[]; rows: Ar
   lines.push('');
 }
 
-export function renderMarkdown(environment: Record<string, unknown>, results: SuiteResult[]): string {
+const runLine = (environment: Record<string, unknown>) =>
+  `${environment.date} · ${environment.mode} · Node ${environment.node} · ${environment.cpus} · ${environment.memoryGiB} GiB · commit ${environment.commit} · ${environment.durationS} s · load average ${(environment.loadAverage as { start: number }).start} → ${(environment.loadAverage as { end: number }).end}`;
+
+export function renderMarkdown(
+  environment: Record<string, unknown>,
+  results: Array<SuiteResult & { environment?: Record<string, unknown> }>,
+): string {
   const lines: string[] = [];
-  lines.push(
-    `Run: ${environment.date} · ${environment.mode} · Node ${environment.node} · ${environment.cpus} · ${environment.memoryGiB} GiB · commit ${environment.commit} · ${environment.durationS} s · load average ${(environment.loadAverage as { start: number }).start} → ${(environment.loadAverage as { end: number }).end}`,
-    '',
-  );
+  lines.push(`Run: ${runLine(environment)}`, '');
   const targets = results.flatMap((result) => result.targets ?? []);
   if (targets.length > 0) {
     lines.push('### Targets', '', '| what | measured | goal | met |', '| --- | --- | --- | --- |');
@@ -35,7 +38,11 @@ export function renderMarkdown(environment: Record<string, unknown>, results: Su
     lines.push('');
   }
   for (const result of results) {
-    lines.push(`### ${result.title}`, '', result.method, '');
+    lines.push(`### ${result.title}`, '');
+    // A suite re-run alone (`--only`) carries its own run's environment.
+    if (result.environment && result.environment.commit !== environment.commit)
+      lines.push(`Re-run alone: ${runLine(result.environment)}`, '');
+    lines.push(result.method, '');
     table(lines, result.table);
     for (const extra of result.extraTables ?? []) {
       lines.push(`**${extra.title}**`, '');

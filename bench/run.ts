@@ -6,7 +6,9 @@
  * docs/benchmarks.md. Options: `--quick`, `--only=<id>[,<id>…]` (suite ids:
  * fanout-latency, throughput, catch-up, push, memory, browser, hostile,
  * field-write; only those suites' entries in the results file are replaced,
- * and docs are not rewritten), `--no-docs`.
+ * and docs are not rewritten), `--no-docs`, `--render` (rewrite
+ * docs/benchmarks.md from the results file without running anything: each
+ * suite re-run alone says so, with its own run's date, commit and load).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -49,7 +51,18 @@ const loadAtStart = loadavg();
 const log = (message: string) => console.log(`[bench ${((now() - started) / 1000).toFixed(0).padStart(4)}s] ${message}`);
 const started = now();
 
+/** Rewrite docs/benchmarks.md from bench/results/latest.json. */
+function render(): void {
+  const { environment, suites } = JSON.parse(readFileSync(join(ROOT, 'bench/results/latest.json'), 'utf8')) as {
+    environment: Record<string, unknown>;
+    suites: Array<SuiteResult & { environment?: Record<string, unknown> }>;
+  };
+  writeDocs(renderMarkdown(environment, suites));
+  log('updated docs/benchmarks.md from bench/results/latest.json');
+}
+
 async function main(): Promise<void> {
+  if (args.includes('--render')) return render();
   // Benchmark what the tests test: a fresh build of the browser client.
   execFileSync(process.execPath, [join(ROOT, 'scripts/build.mjs'), '--client-only'], { cwd: ROOT, stdio: 'inherit' });
   const { soft, hard } = fdLimits();

@@ -268,6 +268,16 @@ export async function browserSuite(ctx: BenchContext): Promise<SuiteResult> {
     notes: [
       "Peers are bundled here with esbuild (minified, ESM, every export kept) from their npm packages in bench/node_modules; PouchDB's own dist file is listed as shipped.",
     ],
+    targets: clientError
+      ? []
+      : [
+          {
+            what: `browser catch-up of ${n} rows, page start → ready, vs the raw IndexedDB put floor (1,000 rows/tx)`,
+            ratio: o / f1,
+            goal: '≤ 1.2× the floor',
+            met: o / f1 <= 1.2,
+          },
+        ],
     todo,
     data: { rows, ms: { ours: o, pouch: p, floor1k: f1, floor10k: f10 }, runs: { ours, pouch, floor1k, floor10k }, sizes, clientError },
   };
