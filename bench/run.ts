@@ -5,7 +5,7 @@
  * in this same run, and writes bench/results/latest.json plus the tables in
  * docs/benchmarks.md. Options: `--quick`, `--only=<id>[,<id>…]` (suite ids:
  * fanout-latency, throughput, catch-up, push, memory, browser, hostile,
- * field-write; only those suites' entries in the results file are replaced,
+ * field-write, wake-up; only those suites' entries in the results file are replaced,
  * and docs are not rewritten), `--no-docs`, `--render` (rewrite
  * docs/benchmarks.md from the results file without running anything: each
  * suite re-run alone says so, with its own run's date, commit and load).
@@ -26,6 +26,7 @@ import { hostileSuite } from './suites/hostile.js';
 import { memorySuite } from './suites/memory.js';
 import { pushSuite } from './suites/push.js';
 import { throughput } from './suites/throughput.js';
+import { wakeUpSuite } from './suites/wake-up.js';
 
 const SUITES: Record<string, (ctx: BenchContext) => Promise<SuiteResult>> = {
   'fanout-latency': fanoutLatency,
@@ -36,6 +37,7 @@ const SUITES: Record<string, (ctx: BenchContext) => Promise<SuiteResult>> = {
   browser: browserSuite,
   hostile: hostileSuite,
   'field-write': fieldWriteSuite,
+  'wake-up': wakeUpSuite,
 };
 
 const args = process.argv.slice(2);

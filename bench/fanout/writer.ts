@@ -19,6 +19,9 @@ function writeAll(db: Database.Database, rows: number, txSize: number): { start:
   return { start, end: now() };
 }
 
+/** This process's connection to the engine's file (`one`). */
+let own: Database.Database | null = null;
+
 serve({
   /** Into the engine's database file (triggers installed by the engine). */
   write(args: { path: string; rows: number; txSize: number }) {
@@ -29,6 +32,18 @@ serve({
     } finally {
       db.close();
     }
+  },
+  /** One row `seq` into the engine's file, as another process's app code would write it (no notify); returns its commit time. */
+  one(args: { path: string; seq: number }) {
+    own ??= new Database(args.path);
+    own.pragma('busy_timeout = 5000');
+    own.prepare(INSERT_ITEM).run(...itemParams(makeItem(args.seq)));
+    return now();
+  },
+  close() {
+    own?.close();
+    own = null;
+    return null;
   },
   /** The floor: a fresh WAL file, no triggers, nobody reading. */
   floor(args: { rows: number; txSize: number }) {

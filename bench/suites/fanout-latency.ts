@@ -36,7 +36,7 @@ export interface LatencyRun {
 const SERVER = join(ROOT, 'bench/fanout/server.ts');
 
 /** Wait until both client processes report that all their sockets got `seq`. */
-function allReceived(ctx: BenchContext, seq: number, timeoutMs: number): Promise<void> {
+export function allReceived(ctx: BenchContext, seq: number, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     let pending = 2;
     const offs = ctx.clients.flatMap((worker) => [

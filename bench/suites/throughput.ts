@@ -175,7 +175,7 @@ export async function throughput(ctx: BenchContext): Promise<SuiteResult> {
     title: '2. Sustained change throughput (rows/s reaching every client)',
     method:
       "App code commits rows back to back into the engine's SQLite file (WAL), in transactions of 1,000 rows or of 1 row; every row goes through the triggers, the change log and the hub to every WebSocket client, and a run ends when the last client has the last row. " +
-      '"Other process": a separate writer process, found by the engine\'s log polling (default 25 ms). "In-process": the writer shares the engine\'s event loop, yields after each transaction and calls `engine.notify()`. ' +
+      '"Other process": a separate writer process, found by the engine\'s watch on the WAL file (the log poll, default 25 ms, is the safety net). "In-process": the writer shares the engine\'s event loop, yields after each transaction and calls `engine.notify()`. ' +
       `Floor: the same writer loop with raw better-sqlite3 on a fresh file without triggers, no engine, no clients. Median of ${rounds} round(s).`,
     table: {
       columns: [

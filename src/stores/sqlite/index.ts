@@ -4,7 +4,7 @@
  * - schema.ts: tables, capture triggers, introspection and prepared statements (the Catalog)
  * - reads.ts: log pages, snapshots, the retained horizon, counts
  * - push.ts: the one push skeleton and the entity apply; fields.ts: the field bookkeeping, reads and apply
- * - cleanup.ts: pruning; watch.ts: polling for writes (and DDL) by anyone; errors.ts: what a refused write says
+ * - cleanup.ts: pruning; watch.ts: noticing writes (and DDL) by anyone (WAL file watch, poll); errors.ts: what a refused write says
  *
  * better-sqlite3 is synchronous: every method runs one transaction to
  * completion, which also gives consistent reads (data and cursor from the
@@ -59,6 +59,7 @@ export class SqliteStore implements Store {
       () => this.ready.catalog.currentVersion(),
       options.pollMs ?? 25,
       () => this.followSchema(),
+      wal ? `${db.name}-wal` : null,
     );
   }
 
