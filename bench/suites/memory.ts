@@ -83,7 +83,7 @@ export async function memorySuite(ctx: BenchContext): Promise<SuiteResult> {
   const rounds = ctx.quick ? 1 : 3;
   const runs: MemoryRun[] = [];
   const rows: Array<Array<string | number>> = [];
-  const summary: unknown[] = [];
+  const summary: Array<{ transport: 'ws' | 'sse'; ours: { rss: number; heap: number }; raw: { rss: number; heap: number } }> = [];
   for (const transport of ['ws', 'sse'] as const) {
     for (let round = 1; round <= rounds; round++) {
       for (const side of round % 2 === 1 ? (['raw', 'rhtmx'] as const) : (['rhtmx', 'raw'] as const)) {
@@ -116,6 +116,12 @@ export async function memorySuite(ctx: BenchContext): Promise<SuiteResult> {
       columns: ['transport', 'ours RSS/conn', 'raw RSS/conn', 'RSS ratio', 'ours heap+ext/conn', 'raw heap+ext/conn', 'heap ratio'],
       rows,
     },
+    targets: summary.map(({ transport, ours, raw }) => ({
+      what: `server RSS per idle ${transport === 'ws' ? 'WebSocket' : 'SSE'} connection vs raw ${transport === 'ws' ? '`ws`' : 'SSE'} (1,000 connections)`,
+      ratio: ours.rss / raw.rss,
+      goal: '≤ 2× raw',
+      met: ours.rss / raw.rss <= 2,
+    })),
     data: { connections, summary, runs },
   };
 }

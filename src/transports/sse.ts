@@ -230,7 +230,8 @@ export function openEventStream(options: EventStreamOptions): Response {
     options.onClose?.();
     throw error;
   }
-  const session = new EventStreamSession(options, framing);
+  // The opening request is kept only to re-run authorize: a Web Request per open stream is memory for nothing otherwise.
+  const session = new EventStreamSession(options.authorize ? options : { ...options, request: undefined }, framing);
   let claimed: 'web' | 'node' | null = null;
   let claimWeb: (() => void) | null = null;
   // Resolved by `pull`, which the stream calls when its reader has taken bytes.

@@ -169,12 +169,9 @@ export class SocketEndpoint implements Rescoping {
       return;
     }
     // From here the slot is ours to give back, whichever way the handshake ends.
-    let opened = false;
-    socket.once('close', () => {
-      if (!opened) release();
-    });
+    const handshake = releaseOnEarlyClose(socket, release);
     this.server.handleUpgrade(request, socket, head, (ws) => {
-      opened = true;
+      handshake.opened = true;
       settle();
       if (socket.destroyed) {
         release();
@@ -346,6 +343,20 @@ export class SocketEndpoint implements Rescoping {
     for (const connection of this.connections) connection.close(CloseCode.GoingAway, 'server shutting down');
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
+}
+
+/**
+ * Give a connection slot back when the socket closes before its handshake
+ * completed. A closure of its own: the listener lives as long as the socket,
+ * and one created inside `admit` would keep that function's whole scope
+ * (the upgrade request, its Web Request, the head buffer) alive with it.
+ */
+function releaseOnEarlyClose(socket: Duplex, release: () => void): { opened: boolean } {
+  const handshake = { opened: false };
+  socket.once('close', () => {
+    if (!handshake.opened) release();
+  });
+  return handshake;
 }
 
 /** The query string of an upgrade request's URL. */
