@@ -249,5 +249,42 @@ for (const store of STORES) {
       );
       assert.equal(local.length, 4);
     });
+
+    test('an update of a row the replica no longer holds is based on its cursor: no create once cleanup pruned the delete', async () => {
+      const db = memoryDb();
+      const api = http(`${server.url}/api/sync`);
+      const replica = { db, idle: async () => {}, changed: () => {} };
+      const conflicts: ConflictDetail[] = [];
+      const flush = outboxFlusher({
+        db,
+        send: sender(api, () => null),
+        integerKey: async () => false,
+        changed: () => {},
+        conflict: (detail) => conflicts.push(detail),
+        refetch: () => {},
+        online: () => true,
+        error: () => {},
+        log: () => {},
+      });
+      const id = `gone-${crypto.randomUUID().slice(0, 8)}`;
+      await enqueue(db, 'todos', { id, action: 'create', data: { title: 'short-lived', done: false } });
+      await flush();
+      // Another client deletes it; this replica applies the delete; cleanup prunes it from the log.
+      await postJson(`${server.url}/api/sync/todos`, { changes: [{ id, action: 'delete' }] });
+      await pullEntity(replica, api, 'todos', () => {});
+      assert.equal(db.peek('todos').has(id), false);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      await server.engine.cleanup(0);
+      assert.equal((await rows(store, server, `SELECT entity_id FROM _rhtmx_sync_log WHERE entity_id = '${id}'`)).length, 0);
+      // The app still shows the row (a page rendered before the delete) and edits it.
+      const entry = await enqueue(db, 'todos', { id, action: 'update', data: { title: 'edited after the delete' } });
+      assert.ok((entry.base_version ?? 0) > 0, 'based on the replica cursor');
+      await flush();
+      assert.deepEqual(
+        conflicts.map((detail) => [detail.id, detail.result.status]),
+        [[id, 'conflict']],
+      );
+      assert.equal((await rows(store, server, `SELECT id FROM todos WHERE id = '${id}'`)).length, 0, 'the delete stands');
+    });
   });
 }

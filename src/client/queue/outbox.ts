@@ -55,9 +55,14 @@ export async function enqueue(db: Db, entity: string, change: LocalChange): Prom
       id,
       action: change.action,
       data: change.data ?? null,
-      // A row only pending changes made (its server row gone meanwhile) is based on what they were based on.
+      // A row only pending changes made (its server row gone meanwhile) is based on what they were based on;
+      // an update of a row this replica does not hold is based on its cursor: the server must not take it for
+      // a create once cleanup pruned the delete this replica already applied.
       base_version:
-        change.base_version ?? knownVersion(prev) ?? (await pendingFor(tx, entity)).filter((other) => other.id === id).at(-1)?.base_version,
+        change.base_version ??
+        knownVersion(prev) ??
+        (await pendingFor(tx, entity)).filter((other) => other.id === id).at(-1)?.base_version ??
+        (change.action === 'update' && !prev ? (await tx.get<{ v: number }>(META, cursorKey(entity)))?.v || undefined : undefined),
       timestamp: hlcNow(),
       prev,
     };
