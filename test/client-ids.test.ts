@@ -250,6 +250,40 @@ for (const store of STORES) {
       assert.equal(local.length, 4);
     });
 
+    test('a refused change restores the row its change now sits on: a delete applied meanwhile stands', async () => {
+      const db = memoryDb();
+      const api = http(`${server.url}/api/sync`);
+      const replica = { db, idle: async () => {}, changed: () => {} };
+      const conflicts: ConflictDetail[] = [];
+      const flush = outboxFlusher({
+        db,
+        send: sender(api, () => null),
+        integerKey: async () => false,
+        changed: () => {},
+        conflict: (detail) => conflicts.push(detail),
+        refetch: () => {},
+        online: () => true,
+        error: () => {},
+        log: () => {},
+      });
+      const id = `prev-${crypto.randomUUID().slice(0, 8)}`;
+      await enqueue(db, 'todos', { id, action: 'create', data: { title: 'kept until deleted', done: false } });
+      await flush();
+      // An edit the server will refuse (an object in a text column: 400), made while the row was still here...
+      await enqueue(db, 'todos', { id, action: 'update', data: { title: { not: 'text' } } as never });
+      // ...then another client deletes the row, and this replica applies the delete (the edit is rebased on nothing).
+      await postJson(`${server.url}/api/sync/todos`, { changes: [{ id, action: 'delete' }] });
+      await pullEntity(replica, api, 'todos', () => {});
+      await flush();
+      assert.deepEqual(
+        conflicts.map((detail) => [detail.id, detail.result.status]),
+        [[id, 'rejected']],
+      );
+      assert.equal(db.peek('todos').has(id), false, 'the refusal did not bring back the row the delete removed');
+      await pullEntity(replica, api, 'todos', () => {});
+      assert.equal(db.peek('todos').has(id), false);
+    });
+
     test('an update of a row the replica no longer holds is based on its cursor: no create once cleanup pruned the delete', async () => {
       const db = memoryDb();
       const api = http(`${server.url}/api/sync`);

@@ -94,6 +94,17 @@ export function applyLocal(tx: Tx, entry: OutboxEntry, current: StoredRow | unde
   return row;
 }
 
+/**
+ * Re-apply a pending change on a newer server row. What it now sits on is
+ * what a rejection restores (`prev`): the row it was first made on may be
+ * gone (a delete applied meanwhile), and the cursor has moved past that.
+ */
+export function rebase(tx: Tx, entry: OutboxEntry, row: StoredRow | undefined): StoredRow | undefined {
+  entry.prev = row ?? null;
+  tx.put(OUTBOX, entry);
+  return applyLocal(tx, entry, row);
+}
+
 /** Pending outbox entries of one entity, in mutation order. */
 export const pendingFor = async (tx: Tx, entity: string): Promise<OutboxEntry[]> =>
   (await tx.all<OutboxEntry>(OUTBOX)).filter((entry) => entry.entity === entity);
@@ -118,7 +129,7 @@ export async function applyServer(tx: Tx, entity: string, changes: Change[], flo
     if (row && (current?._a ?? 0) > change.version) row._a = current?._a;
     if (row) tx.put(entity, row);
     else tx.delete(entity, id);
-    for (const entry of pending) if (entry.id === id) row = applyLocal(tx, entry, row);
+    for (const entry of pending) if (entry.id === id) row = rebase(tx, entry, row);
     applied.push([entity, id, change.action]);
   }
   return applied;
@@ -179,7 +190,7 @@ export async function pullEntity(
             tx.clear(entity);
             // Pending local changes survive a reset: re-apply them on the empty store.
             for (const entry of await pendingFor(tx, entity)) {
-              applyLocal(tx, entry, await tx.get<StoredRow>(entity, entry.id));
+              rebase(tx, entry, await tx.get<StoredRow>(entity, entry.id));
               rows.push([entity, entry.id, entry.action]);
             }
           }

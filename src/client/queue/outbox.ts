@@ -17,7 +17,7 @@
 import type { ChangeAction, ClientMessage, PushChange, PushResult, Row, ServerMessage } from '../../core/protocol.js';
 import type { RowChange } from '../events.js';
 import { hlcNow, uuid } from '../hlc.js';
-import { applyLocal, cursorKey, knownVersion, type OutboxEntry, pendingFor, type StoredRow } from '../local/replica.js';
+import { applyLocal, cursorKey, knownVersion, type OutboxEntry, pendingFor, rebase, type StoredRow } from '../local/replica.js';
 import { type Db, META, OUTBOX } from '../local/store.js';
 import type { Http } from '../net/http.js';
 import { pushResults } from '../net/rpc.js';
@@ -115,7 +115,8 @@ export function outboxFlusher(options: OutboxOptions): Flusher {
           const id = result.id ?? entry.id;
           // Later changes of this row were made on top of this one: they are based on the version it produced.
           for (const other of later) {
-            tx.put(OUTBOX, { ...other, id, base_version: other.base_version === entry.base_version ? result.version : other.base_version });
+            Object.assign(other, { id, base_version: other.base_version === entry.base_version ? result.version : other.base_version });
+            tx.put(OUTBOX, other);
           }
           if (id !== entry.id) {
             tx.delete(entity, entry.id);
@@ -140,7 +141,7 @@ export function outboxFlusher(options: OutboxOptions): Flusher {
         }
         if (row) tx.put(entity, row);
         else tx.delete(entity, entry.id);
-        for (const other of later) row = applyLocal(tx, other, row);
+        for (const other of later) row = rebase(tx, other, row);
         touched.push([entity, entry.id, row ? 'update' : 'delete']);
       }
       return touched;
