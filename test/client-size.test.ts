@@ -3,7 +3,7 @@
  * under 8 KiB gzipped (zlib level 9, what ClientAssets serves; 7,082 bytes
  * when the entity and field clients came to share one flusher, one
  * request/reply helper and one error class; 7,516 once the outbox kept its
- * exactly-once identity and recovered from `client_unknown`; 7,950 with the
+ * exactly-once identity and recovered from `client_unknown`; 8,015 with the
  * streamed pull reader). Measured on a fresh bundle of
  * src/client, and on dist/client when it has been built.
  */

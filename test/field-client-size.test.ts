@@ -3,7 +3,7 @@
  * entity client plus `window.RHTMXFieldSync`): at most 10 KiB gzipped (zlib
  * level 9, what ClientAssets serves; 9,163 bytes once it shared the entity
  * client's outbox flusher, request/reply helper and error class instead of
- * copying them; 9,605 with the outbox's exactly-once identity; 10,012 with the streamed pull reader), on a fresh bundle of src/client and on dist/client when it
+ * copying them; 9,605 with the outbox's exactly-once identity; 10,078 with the streamed pull reader), on a fresh bundle of src/client and on dist/client when it
  * has been built. The field code must stay out of client.js, so pages that
  * do not use it never pay for it.
  */
