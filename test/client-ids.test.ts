@@ -30,6 +30,25 @@ async function forgetClients(server: TestServer): Promise<void> {
   await server.engine.cleanup(30, { clientDays: 0 });
 }
 
+/** The real client modules over the memory store and real HTTP: a replica, its outbox flusher and the conflicts it reports. */
+function memoryClient(server: TestServer) {
+  const db = memoryDb();
+  const api = http(`${server.url}/api/sync`);
+  const conflicts: ConflictDetail[] = [];
+  const flush = outboxFlusher({
+    db,
+    send: sender(api, () => null),
+    integerKey: async () => false,
+    changed: () => {},
+    conflict: (detail) => conflicts.push(detail),
+    refetch: () => {},
+    online: () => true,
+    error: () => {},
+    log: () => {},
+  });
+  return { db, api, replica: { db, idle: async () => {}, changed: () => {} }, conflicts, flush };
+}
+
 async function rows(store: StoreUnderTest, server: TestServer, sql: string): Promise<any[]> {
   if (store.name === 'sqlite') return server.db.prepare(sql).all();
   return (await (server.db as unknown as { query(sql: string): Promise<{ rows: any[] }> }).query(sql)).rows;
@@ -251,21 +270,7 @@ for (const store of STORES) {
     });
 
     test('a refused change restores the row its change now sits on: a delete applied meanwhile stands', async () => {
-      const db = memoryDb();
-      const api = http(`${server.url}/api/sync`);
-      const replica = { db, idle: async () => {}, changed: () => {} };
-      const conflicts: ConflictDetail[] = [];
-      const flush = outboxFlusher({
-        db,
-        send: sender(api, () => null),
-        integerKey: async () => false,
-        changed: () => {},
-        conflict: (detail) => conflicts.push(detail),
-        refetch: () => {},
-        online: () => true,
-        error: () => {},
-        log: () => {},
-      });
+      const { db, api, replica, conflicts, flush } = memoryClient(server);
       const id = `prev-${crypto.randomUUID().slice(0, 8)}`;
       await enqueue(db, 'todos', { id, action: 'create', data: { title: 'kept until deleted', done: false } });
       await flush();
@@ -285,21 +290,7 @@ for (const store of STORES) {
     });
 
     test('an update of a row the replica no longer holds is based on its cursor: no create once cleanup pruned the delete', async () => {
-      const db = memoryDb();
-      const api = http(`${server.url}/api/sync`);
-      const replica = { db, idle: async () => {}, changed: () => {} };
-      const conflicts: ConflictDetail[] = [];
-      const flush = outboxFlusher({
-        db,
-        send: sender(api, () => null),
-        integerKey: async () => false,
-        changed: () => {},
-        conflict: (detail) => conflicts.push(detail),
-        refetch: () => {},
-        online: () => true,
-        error: () => {},
-        log: () => {},
-      });
+      const { db, api, replica, conflicts, flush } = memoryClient(server);
       const id = `gone-${crypto.randomUUID().slice(0, 8)}`;
       await enqueue(db, 'todos', { id, action: 'create', data: { title: 'short-lived', done: false } });
       await flush();
