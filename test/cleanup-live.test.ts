@@ -9,6 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
+import Database from 'better-sqlite3';
 import WebSocket from 'ws';
 import { CLOSE_MUST_REFETCH } from '../src/core/protocol.js';
 import { postJson, SseClient, type TestServer, waitFor } from './helpers.js';
@@ -38,16 +39,20 @@ describe('a delete the hub had not read yet, pruned [sqlite]', () => {
   after(() => server?.close());
 
   test('the live subscriber is told to refetch', async () => {
-    // The hub learns of other processes' writes only by polling: an hour here, so the delete below stays unread.
+    // The hub's poll is an hour here; its WAL watch runs on a later turn of the event loop than the one below.
     server = await sqliteStore.start({ pollMs: 3_600_000 });
     const created = await postJson(`${server.url}/api/sync/todos`, create('gone'));
     const since = created.body.version;
     const closed = closeOf(`${server.wsUrl}?protocol=2`, { type: 'subscribe', entities: ['todos'], since });
     const events = new SseClient(`${server.url}/api/sync/events?entities=todos&since=${since}`);
     await waitFor(() => events.status === 200, 5000, 'the SSE stream');
-    // Another process deletes the row; cleanup prunes the delete before this node's hub read it.
-    await sqliteStore.externalWrite(server, "DELETE FROM todos WHERE id = 'gone'");
-    await new Promise((resolve) => setTimeout(resolve, 5)); // older than "now", to the millisecond
+    // Another connection deletes the row, and cleanup prunes the delete before this node's hub read it: all in
+    // one turn of the event loop (microtasks only), so the file event of the delete is handled after the cleanup.
+    const other = new Database(server.dbPath);
+    other.prepare("DELETE FROM todos WHERE id = 'gone'").run();
+    other.close();
+    const deleted = Date.now();
+    while (Date.now() < deleted + 5); // older than "now", to the millisecond, without yielding
     await server.engine.cleanup(0);
     // The next write wakes the hub.
     await postJson(`${server.url}/api/sync/todos`, create('next'));
