@@ -201,7 +201,12 @@ for (const store of STORES) {
       const front = createServer((req, res) => {
         const request = toWebRequest(req, res);
         const url = new URL(request.url);
-        const params = { since: Number(url.searchParams.get('since')), limit: LIMIT, snapshot: url.searchParams.get('snapshot') };
+        const params = {
+          since: Number(url.searchParams.get('since')),
+          limit: LIMIT,
+          snapshot: url.searchParams.get('snapshot'),
+          streamed: true,
+        };
         const read: PageRead = async (next) => {
           if (++reads === 2) throw new Error('store connection lost');
           // The engine's own page, over HTTP.
@@ -209,9 +214,7 @@ for (const store of STORES) {
           const text = await (await fetch(`${server.url}/api/sync/todos?${query}&limit=${next.limit}`)).text();
           return { page: JSON.parse(text) as PullResponse, text };
         };
-        void pullResponse(request, params, true, read, (error) => failures.push(error)).then((response) =>
-          sendWebResponse(res, response, req),
-        );
+        void pullResponse(request, params, read, (error) => failures.push(error)).then((response) => sendWebResponse(res, response, req));
       });
       await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve));
       try {

@@ -105,41 +105,33 @@ export class SyncService {
 
   /** Pull as `user` sees it: rows outside their read scope are left out of snapshots and become deletes in the log. */
   async pull(entityName: string, params: PullParams, user: SyncUser | null = null): Promise<PullResponse> {
-    const { response, json } = await this.pullEncoded(entityName, params, user);
-    if (json !== undefined) response.changes = JSON.parse(json) as Change[];
-    return response;
+    return (await this.pullEncoded(entityName, params, user, false)).response;
   }
 
   /** One pull page as the JSON text of its PullResponse (what HTTP sends). */
   async pullJson(entityName: string, params: PullParams, user: SyncUser | null = null): Promise<{ page: PullResponse; text: string }> {
-    const { response, json } = await this.pullEncoded(entityName, params, user);
+    const { response, json } = await this.pullEncoded(entityName, params, user, true);
     return { page: response, text: json === undefined ? JSON.stringify(response) : spliceChanges(response, json) };
   }
 
-  private pullEncoded(entityName: string, params: PullParams, user: SyncUser | null): Promise<EncodedPull> {
+  /** A pull page; with `asText`, a snapshot page nobody filters stays the JSON text the store built (`json`). */
+  private pullEncoded(entityName: string, params: PullParams, user: SyncUser | null, asText: boolean): Promise<EncodedPull> {
     this.entity(entityName);
-    return traced('pull', { entity: entityName, since: params.since }, () => this.pullPage(entityName, params, user));
+    return traced('pull', { entity: entityName, since: params.since }, () => this.pullPage(entityName, params, user, asText));
   }
 
-  private async pullPage(entityName: string, params: PullParams, user: SyncUser | null): Promise<EncodedPull> {
+  private async pullPage(entityName: string, params: PullParams, user: SyncUser | null, asText: boolean): Promise<EncodedPull> {
     const { schema, config } = this.entity(entityName);
     if (params.snapshot) {
-      const encoded = await this.snapshotResponse(entityName, params.limit, false, user, params.snapshot);
-      if (!params.streamed) return this.continuable(schema.entity, encoded);
-      if (encoded.response.has_more) encoded.response.version = 0;
-      return encoded;
+      const encoded = await this.snapshotResponse(entityName, params.limit, false, user, asText, params.snapshot);
+      return this.continuable(schema.entity, encoded, params.streamed);
     }
     const retained = params.since > 0 ? await this.store.retainedSince(schema.entity) : 0;
     if (params.since === 0 || params.since < retained) {
       // A fresh client, or a cursor older than the pruned log: send the current rows, marked as a reset.
-      const encoded = await this.snapshotResponse(entityName, params.limit, true, user);
-      if (!encoded.response.has_more) return encoded;
-      encoded.response.total = await this.store.countRows(schema.entity);
-      if (params.streamed) {
-        encoded.response.version = 0;
-        return encoded;
-      }
-      return this.continuable(schema.entity, encoded);
+      const encoded = await this.snapshotResponse(entityName, params.limit, true, user, asText);
+      if (encoded.response.has_more) encoded.response.total = await this.store.countRows(schema.entity);
+      return this.continuable(schema.entity, encoded, params.streamed);
     }
     const page = await this.store.readEntityLog(schema.entity, params.since, params.limit);
     const changes = latestPerRow(page.changes);
@@ -174,19 +166,21 @@ export class SyncService {
     };
   }
 
-  /** A snapshot page as `user` sees it: filtered by the read scope, or (nobody filters) as the JSON text the store built. */
+  /** A snapshot page as `user` sees it: filtered by the read scope, or (nobody filters, `asText`) as the JSON text the store built. */
   private async snapshotResponse(
     entity: string,
     limit: number,
     first: boolean,
     user: SyncUser | null,
+    asText: boolean,
     token?: string,
   ): Promise<EncodedPull> {
     const { config, schema } = this.entity(entity);
     const { after, version } = token ? decodeSnapshotToken(token) : { after: undefined, version: undefined };
-    const page = config.read
-      ? await this.store.snapshot(schema.entity, limit, after, version)
-      : await this.store.snapshotJson(schema.entity, limit, after, version);
+    const page =
+      asText && !config.read
+        ? await this.store.snapshotJson(schema.entity, limit, after, version)
+        : await this.store.snapshot(schema.entity, limit, after, version);
     const response: PullResponse = { entity, version: page.version, changes: [], has_more: page.after !== undefined };
     if (first) response.reset = true;
     if (page.after !== undefined) response.next = encodeSnapshotToken(page.version, page.after);
@@ -195,10 +189,14 @@ export class SyncService {
     return { response };
   }
 
-  /** A snapshot page with more behind it reports the cursor a since-pull continues from; `next` keeps the snapshot's version. */
-  private async continuable(entity: string, encoded: EncodedPull): Promise<EncodedPull> {
+  /**
+   * A snapshot page with more behind it reports the cursor a since-pull
+   * continues from (`next` keeps the snapshot's version); in a stream, whose
+   * reader follows `next`, it reports 0 without looking for one.
+   */
+  private async continuable(entity: string, encoded: EncodedPull, streamed = false): Promise<EncodedPull> {
     const { response } = encoded;
-    if (response.has_more) response.version = await this.cursors.cursor(entity, response.version, response.total);
+    if (response.has_more) response.version = streamed ? 0 : await this.cursors.cursor(entity, response.version, response.total);
     return encoded;
   }
 

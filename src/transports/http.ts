@@ -64,15 +64,9 @@ export type PageRead = (params: PullParams) => Promise<{ page: { version: number
  * ends the stream with an error line, and the client resumes from the last
  * page it applied.
  */
-export async function pullResponse(
-  request: Request,
-  params: PullParams,
-  streamed: boolean,
-  read: PageRead,
-  onError?: (error: unknown) => void,
-) {
+export async function pullResponse(request: Request, params: PullParams, read: PageRead, onError?: (error: unknown) => void) {
   const first = await read(params);
-  if (!streamed || !first.page.has_more) return jsonTextResponse(request, first.text);
+  if (!params.streamed || !first.page.has_more) return jsonTextResponse(request, first.text);
   async function* lines(): AsyncGenerator<string> {
     let current = first;
     for (;;) {
@@ -295,7 +289,7 @@ export class HttpRoutes {
       snapshot: query.get('snapshot'),
       streamed,
     };
-    return pullResponse(request, params, streamed, read, this.options.onError);
+    return pullResponse(request, params, read, this.options.onError);
   }
 
   private events(request: Request, url: URL, user: SyncUser | null): Response {

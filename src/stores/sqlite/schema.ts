@@ -94,14 +94,14 @@ function prepareTable(db: Database, schema: TableSchema) {
   const keyIsInteger = schema.columns.find((column) => column.primaryKey)?.type === 'integer';
   const idText = `CAST(t.${key} AS TEXT) AS id`;
   const version = `COALESCE((SELECT version FROM ${LOG_TABLE} l WHERE l.entity = ${literal(schema.entity)}
-     AND l.entity_id = CAST(t.${key} AS TEXT) ORDER BY version DESC LIMIT 1), 0) AS version`;
+     AND l.entity_id = CAST(t.${key} AS TEXT) ORDER BY version DESC LIMIT 1), 0)`;
   const [first, next] = ['', `WHERE t.${key} > ?`].map((where) =>
-    db.prepare(`SELECT ${idText}, ${rowJson('t')} AS data, ${version} FROM ${table} t ${where} ORDER BY t.${key} LIMIT ?`),
+    db.prepare(`SELECT ${idText}, ${rowJson('t')} AS data, ${version} AS version FROM ${table} t ${where} ORDER BY t.${key} LIMIT ?`),
   ) as [Statement, Statement];
   // The same page as one string of change objects (core/store.ts snapshotJson's shape): no row objects, no JSON parse in JS.
   const change = `'{"entity":' || ${literal(JSON.stringify(schema.entity))} || ',"id":' || json_quote(CAST(t.${key} AS TEXT))
     || ',"entity_id":' || json_quote(CAST(t.${key} AS TEXT)) || ',"action":"create","data":' || ${rowJson('t')}
-    || ',"version":' || ${version.replace(/ AS version$/, '')} || '}'`;
+    || ',"version":' || ${version} || '}'`;
   const [firstJson, nextJson] = ['', `WHERE t.${key} > ?`].map((where) =>
     db.prepare(
       `SELECT '[' || COALESCE(group_concat(c, ',' ORDER BY k), '') || ']' AS json, count(*) AS count, CAST(max(k) AS TEXT) AS last
