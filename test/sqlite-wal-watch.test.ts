@@ -31,7 +31,7 @@ describe('SQLite: writes by other processes', () => {
     const client = await WsClient.connect(server.wsUrl);
     try {
       await client.request({ type: 'subscribe', entities: ['todos'] });
-      for (const id of ['w1', 'w2', 'w3']) {
+      for (const id of Array.from({ length: 10 }, (_, index) => `w${index + 1}`)) {
         await otherProcess(server.dbPath, `INSERT INTO todos (id, title, done) VALUES ('${id}', 'from another process', 0)`);
         await waitFor(() => client.changes().some((change) => change.id === id), 10_000, `the write of ${id}`);
       }

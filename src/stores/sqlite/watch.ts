@@ -12,12 +12,17 @@
  * A write by another process wakes the server at once: every commit (ours
  * or anyone's) writes the WAL file, so a watch on its directory (inotify,
  * FSEvents, ReadDirectoryChangesW: fs.watch) runs the same tick on the next
- * turn of the event loop, however many events one commit makes. The poll
+ * turn of the event loop, however many events one commit makes, and once
+ * more 5 ms after the last of them (the event can come before the commit
+ * shows in the WAL index, and nothing else would wake us for it). The poll
  * stays as the safety net: file events can be missed, coalesced or
  * unavailable (network file systems, no inotify watches left).
  */
 import { type FSWatcher, watch } from 'node:fs';
 import { basename, dirname } from 'node:path';
+
+/** After the last WAL event of a burst, one more tick this much later, ms. */
+const TRAILING_MS = 5;
 
 /** Polls the log's version and calls every watcher when it moved. */
 export class LogWatcher {
@@ -25,6 +30,7 @@ export class LogWatcher {
   private timer: ReturnType<typeof setInterval> | null = null;
   private files: FSWatcher | null = null;
   private soon: ReturnType<typeof setImmediate> | null = null;
+  private trailing: ReturnType<typeof setTimeout> | undefined;
   private lastSeen = -1;
 
   constructor(
@@ -62,6 +68,11 @@ export class LogWatcher {
           this.soon = null;
           this.poll();
         });
+        // The event comes with the commit's frames, a moment before the commit shows in the WAL index:
+        // a tick right after the last event of a burst sees it, whichever the first tick missed.
+        clearTimeout(this.trailing);
+        this.trailing = setTimeout(() => this.poll(), TRAILING_MS);
+        this.trailing.unref?.();
       });
       // No watch (limits, an unsupported file system): the poll alone notices writes.
       this.files.on('error', () => this.unwatchFile());
@@ -75,6 +86,7 @@ export class LogWatcher {
     this.files = null;
     if (this.soon) clearImmediate(this.soon);
     this.soon = null;
+    clearTimeout(this.trailing);
   }
 
   private poll(): void {
