@@ -76,6 +76,61 @@ for (const store of STORES) {
       );
     });
 
+    test('a write the database refuses in the middle of a push rejects that change only', async () => {
+      const before = (await push({ changes: [] })).body.version;
+      const batch = {
+        client_id: 'oc-middle',
+        changes: [
+          { mutation_id: 1, id: 'om1', action: 'create', data: { title: 'first', done: false } },
+          { mutation_id: 2, id: 'om2', action: 'create', data: { title: null, done: false } },
+          { mutation_id: 3, id: 'om1', action: 'update', data: { title: 'first, edited' } },
+          { mutation_id: 4, id: 'om3', action: 'create', data: { title: 'third', done: true } },
+        ],
+      };
+      const first = await push(batch);
+      const results = first.body.results;
+      assert.deepEqual(
+        results.map((result: any) => result.status),
+        ['applied', 'rejected', 'applied', 'applied'],
+        JSON.stringify(results),
+      );
+      assert.match(results[1].reason, /null|NOT NULL/i);
+      // Versions are those of the log entries the applied changes wrote, and the refused one logged nothing.
+      const logged = await query(
+        store,
+        server,
+        "SELECT entity_id, action, version FROM _rhtmx_sync_log WHERE entity = 'todos' AND version > ? ORDER BY version",
+        [before],
+      );
+      assert.deepEqual(
+        logged.map((row: any) => [row.entity_id, row.action, Number(row.version)]),
+        [
+          ['om1', 'create', results[0].version],
+          ['om1', 'update', results[2].version],
+          ['om3', 'create', results[3].version],
+        ],
+      );
+      assert.deepEqual(
+        (await query(store, server, "SELECT id, title FROM todos WHERE id LIKE 'om%' ORDER BY id")).map((row: any) => [row.id, row.title]),
+        [
+          ['om1', 'first, edited'],
+          ['om3', 'third'],
+        ],
+      );
+      // The retry is answered as the first time, writing nothing.
+      const retry = await push(batch);
+      assert.deepEqual(
+        retry.body.results.map((result: any) => [result.status, result.duplicate]),
+        [
+          ['applied', true],
+          ['rejected', true],
+          ['applied', true],
+          ['applied', true],
+        ],
+      );
+      assert.equal(retry.body.version, first.body.version, 'the retry wrote nothing');
+    });
+
     test('a retried create without an id learns the id the server gave it', async () => {
       const batch = { client_id: 'oc-keyless', changes: [{ mutation_id: 1, action: 'create', data: { title: 'no id', done: false } }] };
       const first = await push(batch);

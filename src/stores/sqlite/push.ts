@@ -4,7 +4,8 @@
  *
  * One IMMEDIATE transaction: read the client's exactly-once record → answer
  * each already applied change with its stored outcome (core/store.ts
- * `replayedChange`), decide and write each new one under a savepoint → store
+ * `replayedChange`), decide and write each new one (each write one
+ * statement, or under a savepoint once the database refused one: `runPush`) → store
  * each new outcome and record the highest mutation id. Record and outcomes
  * are written in the same transaction as the data, so a retried push is
  * applied exactly once and answered as the first time; outcomes are kept
@@ -39,7 +40,7 @@ import { columnValue } from '../../core/values.js';
 import { describeWriteError } from './errors.js';
 import type { Catalog, SyncedTable } from './schema.js';
 
-/** A write run under its own savepoint: its value, or why the database refused it. */
+/** A write's value, or why the database refused it. */
 export type WriteResult<T> = { ok: true; value: T } | { ok: false; reason: string };
 
 /** What `runPush` lends a plan's `apply`. */
@@ -49,9 +50,9 @@ export interface PushScope<C, R> {
   /** The change is a retry of a mutation this client already applied. */
   isDuplicate(change: C): boolean;
   /**
-   * Run one write under a savepoint, its log rows stamped with the push's
-   * origin and `hlc` (through the context table the triggers read): a
-   * refused write rejects this change only.
+   * Run one write, its log rows stamped with the push's origin and `hlc`
+   * (through the context table the triggers read): a refused write rejects
+   * this change only (`runPush` says how).
    */
   write<T>(hlc: number, statement: () => T): WriteResult<T>;
 }
@@ -68,8 +69,30 @@ export interface PushPlan<C extends { mutationId: number | null }, R> {
   stored(result: R): StoredOutcome;
 }
 
-/** Apply a push in one transaction and record the client's highest mutation id in it. */
+/** A write the database refused while a push ran without savepoints: the push is run again with one per change. */
+class Refused extends Error {}
+
+/**
+ * Apply a push in one transaction and record the client's highest mutation id in it.
+ *
+ * The transaction first runs without savepoints: each write is one statement,
+ * which SQLite applies whole or not at all, and a savepoint would make every
+ * write journal its pages (about twice the cost of an insert). Should the
+ * database refuse any write, that transaction is rolled back and the push run
+ * again in a new one, each write under a savepoint of its own, so a refused
+ * write rejects its change only, with nothing of it left. (Decisions are pure
+ * but for the HLC, which only moves on when the push is run again.)
+ */
 export function runPush<C extends { mutationId: number | null }, R>(catalog: Catalog, plan: PushPlan<C, R>): R[] {
+  try {
+    return pushTransaction(catalog, plan, false);
+  } catch (error) {
+    if (!(error instanceof Refused)) throw error;
+    return pushTransaction(catalog, plan, true);
+  }
+}
+
+function pushTransaction<C extends { mutationId: number | null }, R>(catalog: Catalog, plan: PushPlan<C, R>, careful: boolean): R[] {
   const { clientId, changes } = plan.batch;
   // Logged rows carry the client id as the client knows it (the record's key may be per user or per family).
   const origin = plan.batch.origin === undefined ? clientId : plan.batch.origin;
@@ -89,15 +112,14 @@ export function runPush<C extends { mutationId: number | null }, R>(catalog: Cat
       results: new Array(changes.length),
       isDuplicate: (change) => last !== null && change.mutationId !== null && change.mutationId <= last,
       write<T>(hlc: number, statement: () => T): WriteResult<T> {
+        const stamped = () => {
+          s.setContext.run(origin, hlc);
+          return statement();
+        };
         try {
-          return {
-            ok: true,
-            value: db.transaction(() => {
-              s.setContext.run(origin, hlc);
-              return statement();
-            })(),
-          };
+          return { ok: true, value: careful ? catalog.savepoint(stamped) : stamped() };
         } catch (error) {
+          if (!careful) throw new Refused();
           return { ok: false, reason: describeWriteError(error) };
         }
       },
@@ -107,6 +129,7 @@ export function runPush<C extends { mutationId: number | null }, R>(catalog: Cat
       return json === undefined ? null : (JSON.parse(json) as StoredOutcome[]);
     };
     let highest = last ?? -1;
+    s.openContext.run();
     try {
       for (const [index, change] of changes.entries()) {
         highest = Math.max(highest, change.mutationId ?? -1);
@@ -117,9 +140,8 @@ export function runPush<C extends { mutationId: number | null }, R>(catalog: Cat
       }
       if (recorded !== null && highest > (last ?? -1)) {
         const now = Date.now();
-        for (const [mutationId, outcomes] of newOutcomes(plan, changes, scope.results, scope.isDuplicate)) {
-          s.saveOutcome.run(recorded, mutationId, JSON.stringify(outcomes), now);
-        }
+        const kept = [...newOutcomes(plan, changes, scope.results, scope.isDuplicate)].filter(([id]) => id > highest - OUTCOME_WINDOW);
+        if (kept.length > 0) s.saveOutcomes.run(recorded, now, JSON.stringify(kept));
         s.pruneOutcomes.run(recorded, highest - OUTCOME_WINDOW);
         s.saveMutation.run(recorded, highest, now);
       }
@@ -168,7 +190,7 @@ export class EntityPush implements PushPlan<ValidatedChange, AppliedChange> {
     const written = scope.write(decision.hlc, () => this.write(change.id, decision, server.row !== null));
     if (!written.ok) return { ...base, status: 'rejected', reason: written.reason };
     const id = written.value;
-    const version = (id === null ? undefined : this.catalog.lastEntry(this.entity.schema.entity, id)?.version) ?? server.version;
+    const version = (id === null ? undefined : this.catalog.loggedVersion(this.entity.schema.entity, id)) ?? server.version;
     const row = decision.merged && id !== null ? this.entity.row(id) : undefined;
     return { ...base, id, status: 'applied', version, merged: decision.merged || undefined, row };
   }

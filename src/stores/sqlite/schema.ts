@@ -200,6 +200,8 @@ export class Catalog {
   /** `PRAGMA schema_version` when the shapes were last checked; it moves with every DDL, by anyone. */
   private schemaVersion = -1;
   readonly s: ReturnType<Catalog['prepareShared']>;
+  /** Run `work` under a savepoint (inside a transaction; a nested better-sqlite3 transaction, made once): a throw rolls back its writes only. */
+  readonly savepoint: <T>(work: () => T) => T;
 
   constructor(readonly db: Database) {
     db.exec(`
@@ -223,6 +225,8 @@ export class Catalog {
       CREATE TABLE IF NOT EXISTS ${CONTEXT_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), client_id TEXT, hlc INTEGER);
     `);
     this.s = this.prepareShared();
+    const nested = db.transaction((work: () => unknown) => work());
+    this.savepoint = <T>(work: () => T): T => nested(work) as T;
   }
 
   private prepareShared() {
@@ -241,12 +245,23 @@ export class Catalog {
            updated_at = MAX(updated_at, excluded.updated_at)`,
       ),
       outcome: db.prepare(`SELECT outcome_json FROM ${OUTCOMES_TABLE} WHERE client_id = ? AND mutation_id = ?`).pluck(),
-      saveOutcome: db.prepare(
-        `INSERT INTO ${OUTCOMES_TABLE} (client_id, mutation_id, outcome_json, created_at) VALUES (?, ?, ?, ?)
+      // One statement for a push's outcomes: a JSON array of [mutation id, outcomes] pairs.
+      saveOutcomes: db.prepare(
+        `INSERT INTO ${OUTCOMES_TABLE} (client_id, mutation_id, outcome_json, created_at)
+         SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), ? FROM json_each(?) WHERE true
          ON CONFLICT (client_id, mutation_id) DO UPDATE SET outcome_json = excluded.outcome_json, created_at = excluded.created_at`,
       ),
+      // The version of the log entry a write just made: the newest one, when it is this row's (else lastEntry is asked).
+      justLogged: db
+        .prepare(
+          `SELECT version FROM ${LOG_TABLE} WHERE version = (SELECT seq FROM sqlite_sequence WHERE name = '${LOG_TABLE}')
+           AND entity = ? AND entity_id = ?`,
+        )
+        .pluck(),
       pruneOutcomes: db.prepare(`DELETE FROM ${OUTCOMES_TABLE} WHERE client_id = ? AND mutation_id <= ?`),
-      setContext: db.prepare(`INSERT OR REPLACE INTO ${CONTEXT_TABLE} (id, client_id, hlc) VALUES (1, ?, ?)`),
+      // The row is put once per push (openContext); each write updates it in place, cheaper than replacing it.
+      openContext: db.prepare(`INSERT OR REPLACE INTO ${CONTEXT_TABLE} (id, client_id, hlc) VALUES (1, NULL, NULL)`),
+      setContext: db.prepare(`UPDATE ${CONTEXT_TABLE} SET client_id = ?, hlc = ? WHERE id = 1`),
       clearContext: db.prepare(`DELETE FROM ${CONTEXT_TABLE}`),
       getMeta: db.prepare(`SELECT value FROM ${META_TABLE} WHERE key = ?`).pluck(),
       setMeta: db.prepare(
@@ -440,6 +455,11 @@ export class Catalog {
 
   lastEntry(entity: string, id: string): LastEntry | undefined {
     return this.s.lastEntry.get(entity, id) as LastEntry | undefined;
+  }
+
+  /** The version of row `id`'s newest log entry, read cheaply right after a write logged it. */
+  loggedVersion(entity: string, id: string): number | undefined {
+    return (this.s.justLogged.get(entity, id) as number | undefined) ?? this.lastEntry(entity, id)?.version;
   }
 
   currentVersion(): number {
