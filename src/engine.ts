@@ -18,7 +18,7 @@ import {
 import { SyncError } from './core/errors.js';
 import { FieldService } from './core/field/service.js';
 import { HybridClock } from './core/hlc.js';
-import { ChangeHub, storeSource } from './core/hub.js';
+import { ChangeHub, type Fragments, storeSource } from './core/hub.js';
 import { type MetricsSnapshot, SyncMetrics } from './core/metrics.js';
 import {
   DEFAULT_BASE_PATH,
@@ -143,6 +143,7 @@ export class SyncEngine {
     const fieldStore = fields instanceof FieldService ? fields.store : null;
     const hub = new ChangeHub(storeSource(store, fieldStore), {
       onError,
+      fragments: liveFragments(this.entities, onError),
       onPublished: (changes, seconds) => metrics.recordFanout(changes, seconds),
     });
     // Before the hub starts watching: the store follows DDL only while watched.
@@ -423,4 +424,26 @@ export class SyncEngine {
     if (this.state.fields instanceof FieldService) await this.state.fields.store.close();
     await this.state.store.close();
   }
+}
+
+/** Live HTML renderers of the entities that have one (docs/live-html.md); undefined when none has. */
+function liveFragments(entities: readonly ResolvedEntity[], onError: (error: unknown) => void): Fragments | undefined {
+  const renderers = new Map(entities.filter((entity) => entity.render).map((entity) => [entity.name, entity]));
+  if (renderers.size === 0) return undefined;
+  return {
+    has: (entity) => renderers.has(entity),
+    async render(change, scope) {
+      const entity = renderers.get(change.entity) as ResolvedEntity;
+      const domId = entity.domId(change.id);
+      if (change.action === 'delete' || !change.data || !entity.render) return { ...change, dom_id: domId };
+      try {
+        const html: unknown = await entity.render(change.data, { entity: entity.name, action: change.action, domId, scope });
+        if (html === null || html === undefined) throw new TypeError(`rhtmx-sync: render of ${entity.name} returned ${html}`);
+        return { ...change, dom_id: domId, html: String(html) };
+      } catch (error) {
+        onError(error);
+        return { ...change, dom_id: domId };
+      }
+    },
+  };
 }

@@ -16,6 +16,8 @@ export {
   DEFAULT_LIMITS,
   type EntityConfig,
   FieldMergeStrategy,
+  type FragmentRenderer,
+  type RenderContext,
   SyncConfig,
   type SyncEngineOptions,
   type SyncLimits,

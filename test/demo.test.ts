@@ -57,7 +57,9 @@ describe('demo: examples/todo', () => {
       ),
     );
     assert.ok(page.text.includes('<script src="/vendor/htmx.min.js"></script>'));
-    assert.ok(page.text.includes('hx-trigger="load, rhtmx:todos:changed from:body"'));
+    // Live HTML: the list refetches only when pushed fragments did not land.
+    assert.ok(page.text.includes('hx-trigger="load, rhtmx:todos:changed[!detail.swapped] from:body"'));
+    assert.ok(page.text.includes('data-rhtmx-live="todos"'), 'the list says where pushed creates go');
     assert.ok(page.text.includes('id="sync-connection"'), 'the sync status panel');
     // Nothing from the network: every asset is served by the demo itself.
     assert.doesNotMatch(page.text, /(src|href)="(https?:)?\/\//);
@@ -278,15 +280,33 @@ describe('demo: examples/todo', () => {
       await two.locator('#todo-list .title[value="Seen in the other tab"]').waitFor({ timeout: 10_000 });
       await two.locator('#sync-activity .what', { hasText: 'Seen in the other tab' }).first().waitFor({ timeout: 10_000 });
 
-      // Written by another process straight into SQLite, seen in both.
+      // Written by another process straight into SQLite, seen in both as pushed HTML: no GET /todos.
+      // Counted once both tabs hold the local copy: filling it (rows pulled, no HTML) refetches the list once.
+      for (const page of [one, two]) {
+        await page.evaluate('window.rhtmxSync.ready');
+        await page.evaluate('new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)))');
+      }
+      let listGets = 0;
+      for (const page of [one, two]) {
+        page.on('request', (request) => {
+          if (request.method() === 'GET' && new URL(request.url()).pathname === '/todos') listGets++;
+        });
+      }
       const other = new Database(demo.dbPath);
       try {
         other.pragma('busy_timeout = 5000');
         other.prepare("INSERT INTO todos (id, title, done) VALUES ('live-sql', 'Straight into SQLite', 0)").run();
+        for (const page of [one, two]) await page.locator('#todo-list .title[value="Straight into SQLite"]').waitFor({ timeout: 10_000 });
+        other.prepare("UPDATE todos SET done = 1 WHERE id = 'live-sql'").run();
+        for (const page of [one, two]) await page.locator('#todo-live-sql.done').waitFor({ timeout: 10_000 });
+        other.prepare("DELETE FROM todos WHERE id = 'live-sql'").run();
+        for (const page of [one, two]) await page.locator('#todo-live-sql').waitFor({ state: 'detached', timeout: 10_000 });
       } finally {
         other.close();
       }
-      for (const page of [one, two]) await page.locator('#todo-list .title[value="Straight into SQLite"]').waitFor({ timeout: 10_000 });
+      assert.equal(listGets, 0, 'the raw SQL writes reached both pages without a refetch of the list');
+      // The activity panel says which path the change took.
+      await two.locator('#sync-activity .what', { hasText: 'pushed HTML' }).first().waitFor({ timeout: 10_000 });
       assert.deepEqual(errors, [], 'no uncaught errors in the pages');
     } finally {
       await browser.close();

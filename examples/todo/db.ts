@@ -29,6 +29,8 @@ export interface TodoDatabase {
   /** Where the data lives, for the startup banner (passwords removed). */
   readonly location: string;
   list(): Promise<Todo[]>;
+  /** How many todos there are, and how many are not done (the list's count line). */
+  counts(): Promise<{ total: number; left: number }>;
   insert(title: string): Promise<Todo>;
   /** The updated row, or null when no row has this id. */
   update(id: string, patch: TodoPatch): Promise<Todo | null>;
@@ -71,7 +73,7 @@ const POSTGRES_DDL = `CREATE TABLE IF NOT EXISTS todos (
 )`;
 
 /** Rows written by hand (`sqlite3 todo.db "insert ..."`) may hold 0/1, 'true' or NULL: read them leniently. */
-function toTodo(row: Record<string, unknown>): Todo {
+export function toTodo(row: Record<string, unknown>): Todo {
   const done = row.done;
   return {
     id: String(row.id),
@@ -101,12 +103,16 @@ async function openSqlite(path: string): Promise<TodoDatabase> {
     'UPDATE todos SET title = coalesce(?, title), done = coalesce(?, done), updated_at = ? WHERE id = ? RETURNING id, title, done, updated_at',
   );
   const remove = db.prepare('DELETE FROM todos WHERE id = ?');
+  const counts = db.prepare('SELECT count(*) AS total, count(*) FILTER (WHERE NOT done) AS left FROM todos');
   return {
     dialect: 'sqlite',
     handle: db,
     location: path,
     async list() {
       return list.all().map((row) => toTodo(row as Record<string, unknown>));
+    },
+    async counts() {
+      return counts.get() as { total: number; left: number };
     },
     async insert(title) {
       const id = uuidv7();
@@ -157,6 +163,10 @@ async function openPostgres(url: string): Promise<TodoDatabase> {
       // COLLATE "C" sorts ids bytewise, like SQLite, whatever the database's locale.
       const { rows } = await pool.query(`SELECT ${columns} FROM todos ORDER BY id COLLATE "C"`);
       return rows.map(toTodo);
+    },
+    async counts() {
+      const { rows } = await pool.query('SELECT count(*)::int AS total, (count(*) FILTER (WHERE NOT done))::int AS left FROM todos');
+      return rows[0] as { total: number; left: number };
     },
     async insert(title) {
       const { rows } = await pool.query(`INSERT INTO todos (id, title, done, updated_at) VALUES ($1, $2, false, $3) RETURNING ${columns}`, [

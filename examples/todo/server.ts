@@ -13,7 +13,8 @@
 import http from 'node:http';
 import { FieldMergeStrategy, nodeHandler, SyncEngine } from '../../src/index.js';
 import { createApp } from './app.js';
-import { openTodoDatabase } from './db.js';
+import { openTodoDatabase, toTodo } from './db.js';
+import { liveTodo } from './views.js';
 
 const port = Number(process.env.PORT ?? 3000);
 const host = process.env.HOST || '0.0.0.0';
@@ -29,7 +30,15 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
 const todos = await openTodoDatabase(databaseUrl);
 const engine = new SyncEngine({
   db: todos.handle,
-  entities: ['todos'],
+  entities: [
+    {
+      name: 'todos',
+      // Live HTML: each changed todo goes out rendered, so open pages swap it in instead of refetching
+      // the list (writes by raw SQL and other processes too). Its element id is todo-<id> (views.ts).
+      domId: (id) => `todo-${id}`,
+      render: async (row) => liveTodo(toTodo(row), await todos.counts(), { htmx, debug }).value,
+    },
+  ],
   fieldSync: FieldMergeStrategy.LastWriteWins,
   debug,
   clientDir: process.env.RHTMX_CLIENT_DIR || undefined,

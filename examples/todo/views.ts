@@ -52,7 +52,7 @@ const listSwap = (options: ViewOptions) => (options.htmx === 4 ? 'innerMorph' : 
 /** JSON for an `hx-vals` attribute (escaped by `html` like any other value). */
 const vals = (value: Record<string, string>) => JSON.stringify(value);
 
-function todoItem(todo: Todo, options: ViewOptions): SafeHtml {
+export function todoItem(todo: Todo, options: ViewOptions): SafeHtml {
   const url = `/todos/${encodeURIComponent(todo.id)}`;
   const swap = listSwap(options);
   // A button, not <input type="checkbox">: once clicked, a checkbox's `checked`
@@ -75,14 +75,24 @@ function todoItem(todo: Todo, options: ViewOptions): SafeHtml {
  */
 export function todoList(todos: Todo[], version: number, options: ViewOptions): SafeHtml {
   const left = todos.filter((todo) => !todo.done).length;
-  const count =
-    todos.length === 0
-      ? html`<p class="empty">Nothing to do yet. Add something above, or from another tab.</p>`
-      : html`<p class="count">${left === 0 ? 'All done' : `${left} of ${todos.length} left`}</p>`;
-  return html`<ul class="todos" data-version="${version}">
+  // data-rhtmx-live: where live HTML puts a todo this page does not show yet (docs/live-html.md).
+  return html`<ul class="todos" data-version="${version}" data-rhtmx-live="todos">
 ${todos.map((todo) => todoItem(todo, options))}
 </ul>
-${count}`;
+${todoCount(todos.length, left)}`;
+}
+
+/** The count line under the list; live HTML sends it out of band with each pushed todo. */
+export function todoCount(total: number, left: number, outOfBand = false): SafeHtml {
+  const oob = outOfBand ? new SafeHtml(' hx-swap-oob="true"') : '';
+  return total === 0
+    ? html`<p id="todo-count" class="empty"${oob}>Nothing to do yet. Add something above, or from another tab.</p>`
+    : html`<p id="todo-count" class="count"${oob}>${left === 0 ? 'All done' : `${left} of ${total} left`}</p>`;
+}
+
+/** Live HTML: one todo's fragment as the server pushes it, with the count line out of band. */
+export function liveTodo(todo: Todo, counts: { total: number; left: number }, options: ViewOptions): SafeHtml {
+  return html`${todoItem(todo, options)}${todoCount(counts.total, counts.left, true)}`;
 }
 
 /** A successful write also clears any previous error message (out of band). */
@@ -148,7 +158,7 @@ ${options.htmx === 2 ? htmx2Config : ''}
       <button type="submit">Add</button>
     </form>
     <div id="form-error" role="alert"></div>
-    <div id="todo-list" hx-get="/todos" hx-trigger="load, rhtmx:todos:changed from:body" hx-swap="${swap}">
+    <div id="todo-list" hx-get="/todos" hx-trigger="load, rhtmx:todos:changed[!detail.swapped] from:body" hx-swap="${swap}">
 ${todoList(data.todos, data.version, options)}
     </div>
   </section>

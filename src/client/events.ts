@@ -5,6 +5,7 @@
  * list once, not a thousand times.
  */
 import type { ChangeAction } from '../core/protocol.js';
+import { swapFragment } from './live-html.js';
 
 /** Detail of `rhtmx:<entity>:changed`: every row of the batch, plus the original crate's single-row shape for the last one. */
 export interface ChangedDetail {
@@ -12,10 +13,15 @@ export interface ChangedDetail {
   ids: string[];
   id: string;
   action: ChangeAction;
+  /** Live HTML: every row of the batch came with its fragment and the page shows it now (no refetch needed). */
+  swapped: boolean;
 }
 
-/** One changed row as it travels between tabs: `[entity, id, action]`. */
-export type RowChange = [entity: string, id: string, action: ChangeAction];
+/** A row's live HTML as the server sent it: its element id and fragment (none for deletes). */
+export type Fragment = [domId: string, html?: string];
+
+/** One changed row as it travels between tabs: `[entity, id, action]`, with its live HTML when it came with one. */
+export type RowChange = [entity: string, id: string, action: ChangeAction, fragment?: Fragment];
 
 /** Dispatch once the body exists: a `<script>` in `<head>` runs before it is parsed. */
 export function dispatch(name: string, detail: unknown): void {
@@ -24,21 +30,34 @@ export function dispatch(name: string, detail: unknown): void {
   else document.addEventListener('DOMContentLoaded', fire, { once: true });
 }
 
-/** Coalesces row changes and fires one `rhtmx:<entity>:changed` per entity per frame. */
+/**
+ * Coalesces row changes and fires one `rhtmx:<entity>:changed` per entity per
+ * frame, after swapping in the frame's live HTML fragments, in order.
+ */
 export function changeEvents(): (changes: RowChange[]) => void {
-  const batches = new Map<string, { ids: Set<string>; id: string; action: ChangeAction }>();
+  type Batch = { ids: Set<string>; id: string; action: ChangeAction; rows: RowChange[] };
+  const batches = new Map<string, Batch>();
   let scheduled = false;
   const flush = () => {
     scheduled = false;
-    for (const [entity, { ids, id, action }] of batches) {
-      dispatch(`rhtmx:${entity}:changed`, { entity, ids: [...ids], id, action } satisfies ChangedDetail);
+    for (const [entity, { ids, id, action, rows }] of batches) {
+      let swapped = true;
+      for (const [, , rowAction, fragment] of rows) {
+        swapped = (fragment ? swapFragment(entity, rowAction, fragment[0], fragment[1]) : false) && swapped;
+      }
+      dispatch(`rhtmx:${entity}:changed`, { entity, ids: [...ids], id, action, swapped } satisfies ChangedDetail);
     }
     batches.clear();
   };
   return (changes) => {
-    for (const [entity, id, action] of changes) {
-      const ids = batches.get(entity)?.ids ?? new Set<string>();
-      batches.set(entity, { ids: ids.add(id), id, action });
+    for (const change of changes) {
+      const [entity, id, action] = change;
+      const batch: Batch = batches.get(entity) ?? { ids: new Set(), id, action, rows: [] };
+      batch.ids.add(id);
+      batch.id = id;
+      batch.action = action;
+      batch.rows.push(change);
+      batches.set(entity, batch);
     }
     if (scheduled || batches.size === 0) return;
     scheduled = true;

@@ -38,6 +38,8 @@ export async function reauthorize(authorize: Authorize | undefined, request: Req
 /** A user's view of live changes and the key shared by every connection with the same view. */
 export interface LiveScope {
   key: string;
+  /** One entity's part of the key: what its read rule depends on (null when it has none). */
+  keyFor: (entity: string) => string | null;
   apply: (change: Change) => Change;
   /** The field changes this user may see; `rowOf` gives each change's row as the same batch leaves it. */
   applyFields: (changes: readonly FieldChange[], rowOf: RowLookup) => FieldChange[];

@@ -98,7 +98,31 @@ export interface EntityConfig {
    * Must validate synchronously (it runs inside the write transaction).
    */
   schema?: StandardSchemaV1;
+  /**
+   * Live HTML (docs/live-html.md): the row's HTML fragment, sent with each
+   * live change so pages swap it in instead of refetching. Rendered once per
+   * change and read scope (`context.scope`), never per connection; the
+   * fragment's element carries the id `domId` gives. Escaping is the
+   * renderer's job. A renderer that throws (or rejects) sends the change
+   * without HTML: pages refetch as they would without one.
+   */
+  render?: FragmentRenderer;
+  /** The id of a row's element in pages (live HTML); default `<name>-<id>`. */
+  domId?: (id: string) => string;
 }
+
+/** What a renderer is told besides the row. */
+export interface RenderContext {
+  entity: string;
+  action: 'create' | 'update';
+  /** The element id the fragment's row element must carry. */
+  domId: string;
+  /** The read scope it is rendered for (the entity's `scopeKey` of its viewers); null without a read rule. */
+  scope: string | null;
+}
+
+/** Renders a row's live HTML fragment. */
+export type FragmentRenderer = (row: Row, context: RenderContext) => string | Promise<string>;
 
 /** Safety limits, each with a clear error when exceeded. */
 export interface SyncLimits {
@@ -268,6 +292,8 @@ export interface ResolvedEntity {
   scopeKey?: (user: SyncUser | null) => string;
   write?: WriteRule;
   schema?: StandardSchemaV1;
+  render?: FragmentRenderer;
+  domId: (id: string) => string;
 }
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
@@ -295,6 +321,12 @@ export function resolveEntities(options: SyncEngineOptions): ResolvedEntity[] {
     if (strategy === SyncStrategy.Custom && !entity.resolve) {
       throw new TypeError(`SyncEngine: entity ${entity.name} uses the custom strategy without a resolve function`);
     }
+    for (const hook of ['render', 'domId'] as const) {
+      if (entity[hook] !== undefined && typeof entity[hook] !== 'function') {
+        throw new TypeError(`SyncEngine: entity ${entity.name}: \`${hook}\` must be a function`);
+      }
+    }
+    const name = entity.name;
     return {
       name: entity.name,
       table,
@@ -306,6 +338,8 @@ export function resolveEntities(options: SyncEngineOptions): ResolvedEntity[] {
       scopeKey: entity.scopeKey,
       write: entity.write,
       schema: entity.schema,
+      render: entity.render,
+      domId: entity.domId ?? ((id: string) => `${name}-${id}`),
     };
   });
 }

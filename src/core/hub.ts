@@ -71,6 +71,16 @@ export function storeSource(store: Store, fields: FieldStore | null = null): Cha
   };
 }
 
+/**
+ * Live HTML: a change with its fragment for one read scope (`dom_id`, and
+ * `html` unless it is a delete or rendering failed).
+ */
+export interface Fragments {
+  /** The entity has a renderer. */
+  has(entity: string): boolean;
+  render(change: Change, scope: string | null): Promise<Change>;
+}
+
 /** One change of a batch as its own message: its JSON and the cursor once it is delivered. */
 export interface EachChange {
   json: string;
@@ -117,6 +127,33 @@ export class LiveBatch {
     /** The same range's field changes; null when not read (no field subscriber then). */
     readonly fieldChanges: readonly FieldChange[] | null = null,
   ) {}
+
+  /**
+   * Live HTML: give these filters' changes their fragments, rendered once per
+   * change and read scope however many filters and connections share it.
+   * Before any message of the batch is encoded.
+   */
+  async render(filters: readonly EntityFilter[], fragments: Fragments): Promise<void> {
+    const cache = new Map<string, Promise<Change>>();
+    await Promise.all(
+      filters.map(async (filter) => {
+        if (filter.family !== 'change') return;
+        const changes = this.changesFor(filter) as readonly Change[];
+        const rendered = changes.filter((change) => fragments.has(change.entity)).length;
+        // A bulk write goes without HTML: one refetch of a page is cheaper than rendering and swapping every row.
+        if (rendered === 0 || rendered > MAX_LIVE_FRAGMENTS) return;
+        const decorated = changes.map((change) => {
+          if (!fragments.has(change.entity)) return change;
+          const scope = filter.scope?.keyFor(change.entity) ?? null;
+          const key = `${change.entity}\u0000${change.id}\u0000${change.version}\u0000${change.action}\u0000${scope ?? ''}`;
+          const fragment = cache.get(key) ?? fragments.render(change, scope);
+          cache.set(key, fragment);
+          return fragment;
+        });
+        this.selected.set(filter.key, await Promise.all(decorated));
+      }),
+    );
+  }
 
   /**
    * The message for one filter, encoded once and shared by every subscriber
@@ -260,6 +297,9 @@ interface SubscriberState {
   closed: boolean;
 }
 
+/** Live HTML: a batch with more changes of rendered entities than this (for one filter) goes without HTML. */
+export const MAX_LIVE_FRAGMENTS = 100;
+
 /** How long writes arriving right after a fan-out are gathered before the next one, ms. */
 const COALESCE_MS = 1;
 
@@ -272,6 +312,8 @@ export interface HubOptions {
   onError?: (error: unknown) => void;
   /** Called after each live batch reached every subscriber (metrics). */
   onPublished?: (changes: number, seconds: number) => void;
+  /** Live HTML renderers (entities with `render`); live batches only, catch-up sends rows alone. */
+  fragments?: Fragments;
 }
 
 export class ChangeHub {
@@ -291,6 +333,7 @@ export class ChangeHub {
   private readonly pageSize: number;
   private readonly onError: (error: unknown) => void;
   private readonly onPublished: (changes: number, seconds: number) => void;
+  private readonly fragments: Fragments | null;
   /** Resolvers waiting for the hub to reach a version (tests and push acks). */
   private waiters: Array<{ version: number; resolve: () => void }> = [];
   /** The last prune check: when, and the hub's version then. */
@@ -306,6 +349,7 @@ export class ChangeHub {
     this.pageSize = options.pageSize ?? 1000;
     this.onError = options.onError ?? (() => {});
     this.onPublished = options.onPublished ?? (() => {});
+    this.fragments = options.fragments ?? null;
   }
 
   /** Start following the log from its current end. */
@@ -416,6 +460,9 @@ export class ChangeHub {
         if (this.stopped) return;
         if (page.version > this.version) {
           const batch = new LiveBatch(this.version, page.version, page.changes, page.fieldChanges);
+          // Rendered before the hub moves on: whoever subscribes meanwhile still gets this batch.
+          await this.renderFor(batch);
+          if (this.stopped) return;
           this.advance(page.version);
           const started = performance.now();
           tracedSync(
@@ -497,6 +544,18 @@ export class ChangeHub {
     const due = this.waiters.filter((waiter) => waiter.version <= this.version);
     this.waiters = this.waiters.filter((waiter) => waiter.version > this.version);
     for (const waiter of due) waiter.resolve();
+  }
+
+  /** Live HTML for the filters of the subscribers this batch goes to live, when any entity in it has a renderer. */
+  private async renderFor(batch: LiveBatch): Promise<void> {
+    const fragments = this.fragments;
+    if (!fragments || !batch.changes.some((change) => fragments.has(change.entity))) return;
+    const filters = new Map<string, EntityFilter>();
+    for (const state of this.subscribers) {
+      const { filter } = state.subscriber;
+      if (!state.catchingUp && filter.family === 'change') filters.set(filter.key, filter);
+    }
+    await batch.render([...filters.values()], fragments);
   }
 
   private publish(batch: LiveBatch): void {

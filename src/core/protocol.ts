@@ -39,6 +39,10 @@ export interface Change {
   hlc?: number;
   /** The client that pushed the change, when it came through a push. */
   client_id?: string | null;
+  /** Live HTML (live batches of entities with a renderer): the row's element id in pages. */
+  dom_id?: string;
+  /** Live HTML: the row's fragment, rendered for the receiver's read scope; absent for deletes and when rendering failed. */
+  html?: string;
 }
 
 /** `GET /api/sync/:entity?since=V` answer. */

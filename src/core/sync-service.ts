@@ -157,10 +157,12 @@ export class SyncService {
     if (scoped.length === 0) return null;
     // A copy: an app that mutates its user object in place must not change a view already keyed.
     const frozen = snapshotUser(user);
-    const key = scoped.map(({ config }) => `${config.name}=${config.scopeKey ? config.scopeKey(frozen) : stableJson(frozen)}`).join('&');
+    const keys = new Map(scoped.map(({ config }) => [config.name, config.scopeKey ? config.scopeKey(frozen) : stableJson(frozen)]));
+    const key = [...keys].map(([name, part]) => `${name}=${part}`).join('&');
     const readOf = (entity: string) => this.entities.get(entity)?.config.read;
     return {
       key,
+      keyFor: (entity) => keys.get(entity) ?? null,
       apply: (change) => scopeChange(change, readOf(change.entity), frozen),
       applyFields: (changes, rowOf) => scopeFieldChanges(changes, readOf, frozen, rowOf),
     };

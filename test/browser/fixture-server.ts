@@ -35,6 +35,12 @@ export interface FixtureOptions extends Partial<SyncEngineOptions> {
   setupSql?: string;
   /** Extra HTML at the end of the page's body (forms for the offline htmx tests). */
   body?: string;
+  /** What `#list` refetches on (default: on load and every `rhtmx:todos:changed`). */
+  listTrigger?: string;
+  /** The list fragment GET /todos-fragment answers (default: a plain <ul> of <li data-id>). */
+  fragment?: (rows: Array<{ id: string; title: string }>) => string;
+  /** More GET routes: path → HTML answer. */
+  routes?: Record<string, string>;
 }
 
 export interface Fixture {
@@ -47,12 +53,14 @@ export interface Fixture {
   externalWrite(sql: string, ...params: unknown[]): void;
   /** Rows of the todos table. */
   todos(): Array<{ id: string; title: string; done: number }>;
+  /** How many times GET /todos-fragment was answered. */
+  renders(): number;
   close(): Promise<void>;
 }
 
 const escapeHtml = (text: string) => text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
-function page(htmx: string, useWebSocket: boolean, entities: string, defer: boolean, body: string): string {
+function page(htmx: string, useWebSocket: boolean, entities: string, defer: boolean, body: string, trigger: string): string {
   return `<!doctype html>
 <html>
 <head>
@@ -69,14 +77,23 @@ function page(htmx: string, useWebSocket: boolean, entities: string, defer: bool
 </head>
 <body>
   <h1>Todos</h1>
-  <div id="list" hx-get="/todos-fragment" hx-trigger="load, rhtmx:todos:changed from:body"></div>
+  <div id="list" hx-get="/todos-fragment" hx-trigger="${trigger}"></div>
 ${body}
 </body>
 </html>`;
 }
 
 export async function startFixture(options: FixtureOptions = {}): Promise<Fixture> {
-  const { refuseWebSocket, seed = [], setupSql, body = '', ...engineOptions } = options;
+  const {
+    refuseWebSocket,
+    seed = [],
+    setupSql,
+    body = '',
+    listTrigger = 'load, rhtmx:todos:changed from:body',
+    fragment,
+    routes = {},
+    ...engineOptions
+  } = options;
   const temp = tempDb(setupSql);
   const insert = temp.db.prepare('INSERT INTO todos (id, title, done) VALUES (?, ?, 0)');
   temp.db.transaction(() => {
@@ -91,7 +108,22 @@ export async function startFixture(options: FixtureOptions = {}): Promise<Fixtur
     if (url.pathname === '/') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
       const query = url.searchParams;
-      res.end(page(query.get('htmx') ?? '4', query.get('ws') !== 'false', query.get('entities') ?? 'todos', query.has('defer'), body));
+      res.end(
+        page(
+          query.get('htmx') ?? '4',
+          query.get('ws') !== 'false',
+          query.get('entities') ?? 'todos',
+          query.has('defer'),
+          body,
+          listTrigger,
+        ),
+      );
+      return;
+    }
+    const route = routes[url.pathname];
+    if (route !== undefined) {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+      res.end(route);
       return;
     }
     const htmx = /^\/htmx(\d)\.js$/.exec(url.pathname)?.[1];
@@ -105,7 +137,9 @@ export async function startFixture(options: FixtureOptions = {}): Promise<Fixtur
       const rows = temp.db.prepare('SELECT id, title, done FROM todos ORDER BY id').all() as Array<{ id: string; title: string }>;
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
       res.end(
-        `<ul data-render="${renders}">${rows.map((row) => `<li data-id="${escapeHtml(row.id)}">${escapeHtml(row.title)}</li>`).join('')}</ul>`,
+        fragment
+          ? fragment(rows)
+          : `<ul data-render="${renders}">${rows.map((row) => `<li data-id="${escapeHtml(row.id)}">${escapeHtml(row.title)}</li>`).join('')}</ul>`,
       );
       return;
     }
@@ -140,6 +174,7 @@ export async function startFixture(options: FixtureOptions = {}): Promise<Fixtur
     },
     todos: () =>
       temp.db.prepare('SELECT id, title, done FROM todos ORDER BY id').all() as Array<{ id: string; title: string; done: number }>,
+    renders: () => renders,
     async close() {
       await engine.close();
       server.closeAllConnections();

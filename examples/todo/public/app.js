@@ -212,7 +212,9 @@
       addEntry('load', 'loaded', `${loaded.length} row${loaded.length === 1 ? '' : 's'} into IndexedDB`, loaded.join(', '));
     if (edits.length) {
       const named = await Promise.all(edits.slice(0, 3).map(describe));
-      const text = named.join(', ') + (edits.length > 3 ? ` +${edits.length - 3} more` : '');
+      // Which path the change took into this page: its rendered row pushed by the server, or a refetch of the list.
+      const path = detail.swapped ? ' · pushed HTML' : ' · list refetched';
+      const text = named.join(', ') + (edits.length > 3 ? ` +${edits.length - 3} more` : '') + path;
       if (edits.length > 1) addEntry('batch', `${edits.length} changes`, text, edits.join(', '));
       else addEntry(String(detail.action ?? 'change'), String(detail.action ?? 'change'), text, edits.join(', '));
     }
@@ -221,6 +223,8 @@
 
   document.addEventListener(`rhtmx:${ENTITY}:changed`, (event) => {
     const detail = event.detail ?? {};
+    // Pushed HTML is already in the list (no htmx swap event follows): highlight it now.
+    if (detail.swapped) highlightChanges();
     showVersion(detail.version);
     logChange(detail);
     refreshPending();

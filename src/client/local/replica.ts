@@ -130,7 +130,8 @@ export async function applyServer(tx: Tx, entity: string, changes: Change[], flo
     if (row) tx.put(entity, row);
     else tx.delete(entity, id);
     for (const entry of pending) if (entry.id === id) row = rebase(tx, entry, row);
-    applied.push([entity, id, change.action]);
+    // Live HTML travels with the row (to this tab's page and the others'); IndexedDB keeps the row only.
+    applied.push(change.dom_id === undefined ? [entity, id, change.action] : [entity, id, change.action, [change.dom_id, change.html]]);
   }
   return applied;
 }
