@@ -143,7 +143,9 @@ export class SyncEngine {
     const fieldStore = fields instanceof FieldService ? fields.store : null;
     const hub = new ChangeHub(storeSource(store, fieldStore), {
       onError,
-      fragments: liveFragments(this.entities, onError),
+      fragments: liveFragments(this.entities, (error, entity) =>
+        this.logger.error({ err: error, entity }, 'rhtmx-sync: live HTML render failed; the change goes without HTML'),
+      ),
       onPublished: (changes, seconds) => metrics.recordFanout(changes, seconds),
     });
     // Before the hub starts watching: the store follows DDL only while watched.
@@ -427,7 +429,7 @@ export class SyncEngine {
 }
 
 /** Live HTML renderers of the entities that have one (docs/live-html.md); undefined when none has. */
-function liveFragments(entities: readonly ResolvedEntity[], onError: (error: unknown) => void): Fragments | undefined {
+function liveFragments(entities: readonly ResolvedEntity[], onError: (error: unknown, entity: string) => void): Fragments | undefined {
   const renderers = new Map(entities.filter((entity) => entity.render).map((entity) => [entity.name, entity]));
   if (renderers.size === 0) return undefined;
   return {
@@ -441,7 +443,7 @@ function liveFragments(entities: readonly ResolvedEntity[], onError: (error: unk
         if (html === null || html === undefined) throw new TypeError(`rhtmx-sync: render of ${entity.name} returned ${html}`);
         return { ...change, dom_id: domId, html: String(html) };
       } catch (error) {
-        onError(error);
+        onError(error, entity.name);
         return { ...change, dom_id: domId };
       }
     },

@@ -145,6 +145,63 @@ for (const htmx of ['2', '4'] as const) {
   });
 }
 
+describe('live HTML: where creates go', () => {
+  let fixture: Fixture;
+  let browser: Browser;
+  before(async () => {
+    fixture = await startFixture({
+      seed: [['a1', 'first']],
+      entities: [
+        {
+          name: 'todos',
+          // Rows whose id starts with w come wrapped: htmx's out-of-band form names their place.
+          render: (row) =>
+            String(row.id).startsWith('w')
+              ? `<div hx-swap-oob="beforeend:#wrapped">${item(row as { id: string; title: string })}</div>`
+              : item(row as { id: string; title: string }),
+        },
+      ],
+      listTrigger: LIVE_TRIGGER,
+      fragment: (rows) =>
+        `<ul data-rhtmx-live="todos" data-rhtmx-live-swap="afterbegin">${rows.map(item).join('')}</ul><ol id="wrapped"></ol>`,
+    });
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    await browser?.close();
+    await fixture?.close();
+  });
+
+  for (const htmx of ['2', '4'] as const) {
+    test(`data-rhtmx-live-swap and an hx-swap-oob wrapper place creates (htmx ${htmx})`, async () => {
+      const page = await browser.newPage();
+      await page.goto(fixture.pageUrl({ htmx }));
+      await liveReady(page);
+      await waitInPage(page, () => document.querySelectorAll('ul li.item').length > 0, 10_000, 'initial render');
+      const gets = fixture.renders();
+      const id = `p${htmx}`;
+      fixture.externalWrite(`INSERT INTO todos (id, title, done) VALUES ('${id}', 'on top', 0)`);
+      await waitInPage(page, (want) => document.querySelector('ul li.item')?.id === `todos-${want}`, 10_000, 'afterbegin', id);
+      const wrapped = `w${htmx}`;
+      fixture.externalWrite(`INSERT INTO todos (id, title, done) VALUES ('${wrapped}', 'wrapped', 0)`);
+      await waitInPage(page, (want) => document.querySelector(`#wrapped > #todos-${want}`), 10_000, 'into the oob target', wrapped);
+      fixture.externalWrite(`UPDATE todos SET title = 'wrapped, edited' WHERE id = '${wrapped}'`);
+      await waitInPage(
+        page,
+        (want) => document.querySelector(`#todos-${want} .title`)?.textContent === 'wrapped, edited',
+        10_000,
+        'update in place',
+        wrapped,
+      );
+      assert.equal(await page.evaluate((want) => document.querySelectorAll(`#todos-${want}`).length, wrapped), 1);
+      assert.equal(await page.evaluate((want) => document.querySelector(`#todos-${want}`)?.parentElement?.id, wrapped), 'wrapped');
+      assert.equal(await page.evaluate(() => document.querySelectorAll('[hx-swap-oob]').length), 0, 'no wrapper left in the page');
+      assert.equal(fixture.renders(), gets, 'no refetch');
+      await page.close();
+    });
+  }
+});
+
 describe('live HTML with read scopes', () => {
   let fixture: Fixture;
   let browser: Browser;
