@@ -5,7 +5,7 @@
  * in this same run, and writes bench/results/latest.json plus the tables in
  * docs/benchmarks.md. Options: `--quick`, `--only=<id>[,<id>…]` (suite ids:
  * fanout-latency, throughput, catch-up, push, memory, browser, hostile,
- * field-write, wake-up; only those suites' entries in the results file are replaced,
+ * field-write, wake-up, live-html; only those suites' entries in the results file are replaced,
  * and docs are not rewritten), `--no-docs`, `--render` (rewrite
  * docs/benchmarks.md from the results file without running anything: each
  * suite re-run alone says so, with its own run's date, commit and load).
@@ -23,6 +23,7 @@ import { catchUp } from './suites/catch-up.js';
 import { fanoutLatency } from './suites/fanout-latency.js';
 import { fieldWriteSuite } from './suites/field-write.js';
 import { hostileSuite } from './suites/hostile.js';
+import { liveHtmlSuite } from './suites/live-html.js';
 import { memorySuite } from './suites/memory.js';
 import { pushSuite } from './suites/push.js';
 import { throughput } from './suites/throughput.js';
@@ -38,6 +39,7 @@ const SUITES: Record<string, (ctx: BenchContext) => Promise<SuiteResult>> = {
   hostile: hostileSuite,
   'field-write': fieldWriteSuite,
   'wake-up': wakeUpSuite,
+  'live-html': liveHtmlSuite,
 };
 
 const args = process.argv.slice(2);

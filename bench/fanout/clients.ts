@@ -28,6 +28,12 @@ interface ConnectArgs {
   protocol: 'rhtmx' | 'raw';
   /** Offer permessage-deflate as browsers do (default true). */
   deflate?: boolean;
+  /**
+   * Act as an htmx page that refetches its list on each change: a live
+   * message starts a GET of this URL (keep-alive, one socket per page), and
+   * the page counts as updated when the answer has been read.
+   */
+  refetch?: string;
 }
 
 interface Connection {
@@ -63,8 +69,18 @@ function numberAfter(text: string, needle: string, from = 0): number {
  * Only the head of a message is decoded: the markers sit in its first bytes
  * (`version` right after `type`; `seq` in the first row of a one-row batch).
  */
-function receiver(): (message: Buffer | string) => void {
+function receiver(refetch?: string): (message: Buffer | string) => void {
   let doneIn = -1;
+  const agent = refetch ? new http.Agent({ keepAlive: true, maxSockets: 1 }) : null;
+  const record = (seq: number, t: number) => {
+    let times = arrivals.get(seq);
+    if (!times) {
+      times = [];
+      arrivals.set(seq, times);
+    }
+    times.push(t);
+    if (times.length === connections.length) emit('all', { seq });
+  };
   return (message) => {
     const t = now();
     bytesReceived += message.length;
@@ -80,19 +96,19 @@ function receiver(): (message: Buffer | string) => void {
     }
     const seq = numberAfter(text, '"seq":');
     if (seq < 0) return;
-    let times = arrivals.get(seq);
-    if (!times) {
-      times = [];
-      arrivals.set(seq, times);
-    }
-    times.push(t);
-    if (times.length === connections.length) emit('all', { seq });
+    if (!refetch || !agent) return record(seq, t);
+    http
+      .get(refetch, { agent }, (response) => {
+        response.on('data', () => {});
+        response.on('end', () => record(seq, now()));
+      })
+      .on('error', () => emit('closed', { code: -1 }));
   };
 }
 
 function connectWs(args: ConnectArgs): Promise<Connection> {
   return new Promise((resolve, reject) => {
-    const onLive = receiver();
+    const onLive = receiver(args.refetch);
     let ready = false;
     let closing = false;
     let socket: WebSocket;

@@ -41,8 +41,17 @@ let running: Running | null = null;
 
 const FILTER = new EntityFilter(new Set(['items']));
 
-/** Exactly the message our hub would send for this row (same encoder, same fields). */
-function changeMessage(seq: number): string {
+/** Live HTML: one item's element, as the page shows it and the server pushes it. */
+export function itemHtml(row: Record<string, unknown>): string {
+  const text = (value: unknown) => String(value).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  return `<li id="items-${text(row.id)}" class="item${row.done ? ' done' : ''}"><span class="title">${text(row.title)}</span><p>${text(row.body)}</p><button hx-patch="/items/${text(row.id)}" hx-vals='{"done":true}'>done</button></li>`;
+}
+
+/** The list a page refetches: the newest 50 items, rendered as the page shows them. */
+const LIST_SQL = 'SELECT id, seq, title, body, done, updated_at FROM items ORDER BY id DESC LIMIT 50';
+
+/** Exactly the message our hub would send for this row (same encoder, same fields; with its fragment for live HTML). */
+function changeMessage(seq: number, html = false): string {
   const item = makeItem(seq);
   const change: Change = {
     entity: 'items',
@@ -53,6 +62,7 @@ function changeMessage(seq: number): string {
     version: seq,
     hlc: Date.now() * 4096,
     client_id: null,
+    ...(html ? { dom_id: `items-${item.id}`, html: itemHtml(item as unknown as Record<string, unknown>) } : {}),
   };
   return new LiveBatch(seq - 1, seq, [change]).messageFor(FILTER) as string;
 }
@@ -63,7 +73,7 @@ async function listen(server: http.Server): Promise<number> {
   return (server.address() as AddressInfo).port;
 }
 
-async function startRhtmx(options: { pollMs?: number }): Promise<Running> {
+async function startRhtmx(options: { pollMs?: number; render?: boolean }): Promise<Running> {
   const bench: BenchDb = freshDb();
   const store = new SqliteStore(bench.db, { pollMs: options.pollMs ?? 25 });
   const writes = new Map<number, number>();
@@ -75,9 +85,20 @@ async function startRhtmx(options: { pollMs?: number }): Promise<Running> {
     writes.set(pushSeq, now());
     return result;
   };
-  const engine = new SyncEngine({ db: store, entities: ['items'] });
+  const engine = new SyncEngine({
+    db: store,
+    entities: [options.render ? { name: 'items', render: (row) => itemHtml(row) } : 'items'],
+  });
   await engine.ready;
-  const server = http.createServer(nodeHandler(engine));
+  const list = bench.db.prepare(LIST_SQL);
+  // The app's own list fragment, what an htmx page refetches on rhtmx:items:changed.
+  const app = (req: http.IncomingMessage, res: http.ServerResponse) => {
+    if (req.url !== '/items-fragment') return void res.writeHead(404).end();
+    const rows = list.all() as Array<Record<string, unknown>>;
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+    res.end(`<ul data-rhtmx-live="items">${rows.map(itemHtml).join('')}</ul>`);
+  };
+  const server = http.createServer(nodeHandler(engine, app));
   engine.attach(server);
   const insert = bench.db.prepare(INSERT_ITEM);
   const state: Running = {
@@ -128,11 +149,11 @@ async function startRhtmx(options: { pollMs?: number }): Promise<Running> {
       bench.dispose();
     },
   };
-  state.lastMessageBytes = Buffer.byteLength(changeMessage(1));
+  state.lastMessageBytes = Buffer.byteLength(changeMessage(1, options.render));
   return state;
 }
 
-function startRawWs(): Running {
+function startRawWs(options: { html?: boolean }): Running {
   const server = http.createServer((_req, res) => res.writeHead(404).end());
   const wss = new WebSocketServer({ server });
   const writes = new Map<number, number>();
@@ -142,7 +163,8 @@ function startRawWs(): Running {
     writes,
     lastMessageBytes: 0,
     async write(seq) {
-      const message = changeMessage(seq);
+      // Encoded once per write, as a broadcast that renders the row once would.
+      const message = changeMessage(seq, options.html);
       state.lastMessageBytes = Buffer.byteLength(message);
       writes.set(seq, now());
       for (const client of wss.clients) client.send(message);
@@ -204,9 +226,9 @@ function memory() {
 }
 
 serve({
-  async start(args: { mode: Mode; pollMs?: number }) {
+  async start(args: { mode: Mode; pollMs?: number; render?: boolean; html?: boolean }) {
     if (running) throw new Error('already started');
-    running = args.mode === 'rhtmx' ? await startRhtmx(args) : args.mode === 'raw-ws' ? startRawWs() : startRawSse();
+    running = args.mode === 'rhtmx' ? await startRhtmx(args) : args.mode === 'raw-ws' ? startRawWs(args) : startRawSse();
     const port = await listen(running.server);
     return { port, pid: process.pid, dbPath: running.dbPath };
   },
@@ -215,6 +237,11 @@ serve({
     return null;
   },
   connections: () => running?.connections() ?? 0,
+  /** This process's CPU time so far, µs (user + system). */
+  cpu: () => {
+    const usage = process.cpuUsage();
+    return usage.user + usage.system;
+  },
   writes: () => {
     const writes = running?.writes ?? new Map();
     const result = Object.fromEntries(writes);
