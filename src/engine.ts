@@ -26,6 +26,7 @@ import {
   ErrorCode,
   type PullResponse,
   type PushResponse,
+  type Row,
   type SchemaResponse,
 } from './core/protocol.js';
 import { LiveSessions } from './core/sessions.js';
@@ -437,9 +438,13 @@ function liveFragments(entities: readonly ResolvedEntity[], onError: (error: unk
     async render(change, scope) {
       const entity = renderers.get(change.entity) as ResolvedEntity;
       const domId = entity.domId(change.id);
-      if (change.action === 'delete' || !change.data || !entity.render) return { ...change, dom_id: domId };
+      const context = { entity: entity.name, action: change.action, domId, scope };
+      const deleted = change.action === 'delete' || !change.data;
+      if (deleted && !entity.renderDeleted) return { ...change, dom_id: domId };
       try {
-        const html: unknown = await entity.render(change.data, { entity: entity.name, action: change.action, domId, scope });
+        const html: unknown = deleted
+          ? await entity.renderDeleted?.(change.id, context)
+          : await entity.render?.(change.data as Row, context);
         if (html === null || html === undefined) throw new TypeError(`rhtmx-sync: render of ${entity.name} returned ${html}`);
         return { ...change, dom_id: domId, html: String(html) };
       } catch (error) {

@@ -49,6 +49,10 @@ for (const htmx of ['2', '4'] as const) {
               const count = (fixture.db.prepare('SELECT count(*) AS n FROM todos').get() as { n: number }).n;
               return `${item(row as { id: string; title: string })}<p id="count" hx-swap-oob="true">${count} todos</p>`;
             },
+            renderDeleted: () => {
+              const count = (fixture.db.prepare('SELECT count(*) AS n FROM todos').get() as { n: number }).n;
+              return `<p id="count" hx-swap-oob="true">${count} todos</p>`;
+            },
           },
         ],
         listTrigger: LIVE_TRIGGER,
@@ -105,6 +109,7 @@ for (const htmx of ['2', '4'] as const) {
       fixture.externalWrite("DELETE FROM todos WHERE id = 'a1'");
       for (const tab of [page, follower]) {
         await waitInPage(tab, () => !document.getElementById('todos-a1'), 10_000, 'delete removed the element');
+        await waitInPage(tab, () => document.getElementById('count')?.textContent === '2 todos', 10_000, "the delete's out-of-band count");
       }
       assert.deepEqual(await follower.evaluate(() => [...document.querySelectorAll('#list li.item')].map((li) => li.id)), [
         'todos-a2',

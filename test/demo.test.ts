@@ -301,6 +301,10 @@ describe('demo: examples/todo', () => {
         for (const page of [one, two]) await page.locator('#todo-live-sql.done').waitFor({ timeout: 10_000 });
         other.prepare("DELETE FROM todos WHERE id = 'live-sql'").run();
         for (const page of [one, two]) await page.locator('#todo-live-sql').waitFor({ state: 'detached', timeout: 10_000 });
+        // The count line came out of band with each of the three.
+        const { total, left } = other.prepare('SELECT count(*) AS total, sum(NOT done) AS left FROM todos').get() as any;
+        const line = total === 0 ? /Nothing to do/ : left === 0 ? /All done/ : new RegExp(`${left} of ${total} left`);
+        for (const page of [one, two]) assert.match((await page.locator('#todo-count').textContent()) ?? '', line);
       } finally {
         other.close();
       }

@@ -49,6 +49,10 @@ for (const store of STORES) {
               await new Promise((resolve) => setTimeout(resolve, 1));
               return new Safe(`<li id="${context.domId}">${String(row.body)}</li>`) as unknown as string;
             },
+            renderDeleted: (id, context) => {
+              renders.push({ id, scope: context.scope, action: context.action });
+              return `<p id="notes-left" hx-swap-oob="true">gone: ${id}</p>`;
+            },
           },
         ],
       });
@@ -75,26 +79,29 @@ for (const store of STORES) {
       await store.externalWrite(server, "DELETE FROM notes WHERE id = 'a1'");
       const deleted = await waitFor(() => aliceWs.changes().find((c: any) => c.id === 'a1' && c.action === 'delete'), 5000, 'delete');
       assert.equal(deleted.dom_id, 'note-a1');
-      assert.equal(deleted.html, undefined, 'a delete is not rendered');
+      assert.equal(deleted.html, '<p id="notes-left" hx-swap-oob="true">gone: a1</p>', 'a delete sends what renderDeleted gives');
       const updated = aliceWs.changes().find((c: any) => c.id === 'a1' && c.action === 'update');
       assert.equal(updated.html, '<li id="note-a1">edited</li>');
       await waitFor(() => aliceSse.changes().some((c: any) => c.action === 'delete'), 5000, 'SSE delete');
 
-      // Bob's connection saw none of alice's fragments.
-      for (const change of bobWs.changes()) assert.equal(change.html, undefined, JSON.stringify(change));
+      // Bob's connection saw none of alice's fragments: her row reaches him as a delete (renderDeleted's, with the id alone).
+      for (const change of bobWs.changes()) {
+        assert.equal(change.action, 'delete', JSON.stringify(change));
+        assert.doesNotMatch(change.html ?? '', /first|edited/, JSON.stringify(change));
+      }
       await store.externalWrite(server, "INSERT INTO notes (id, owner, body) VALUES ('b1', 'bob', 'bobs')");
       const bobs = await waitFor(() => bobWs.changes().find((c: any) => c.id === 'b1'), 5000, "bob's row");
       assert.equal(bobs.html, '<li id="note-b1">bobs</li>');
       await new Promise((resolve) => setTimeout(resolve, 100));
-      assert.equal(
-        aliceWs.changes().find((c: any) => c.id === 'b1')?.html,
-        undefined,
-        "alice never gets bob's fragment (his row reaches her as a delete at most)",
-      );
+      const seenByAlice = aliceWs.changes().find((c: any) => c.id === 'b1');
+      assert.equal(seenByAlice?.action ?? 'delete', 'delete', "bob's row reaches alice as a delete at most");
+      assert.doesNotMatch(seenByAlice?.html ?? '', /bobs/, "alice never gets bob's fragment");
       // One render per change and scope: alice's two connections share hers; bob's is his own.
-      const of = (id: string) => renders.filter((render) => render.id === id).map((render) => `${render.action}@${render.scope}`);
-      assert.deepEqual(of('a1'), ['create@alice', 'update@alice']);
-      assert.deepEqual(of('b1'), ['create@bob']);
+      const of = (id: string, scope: string) =>
+        renders.filter((render) => render.id === id && render.scope === scope).map((render) => render.action);
+      assert.deepEqual(of('a1', 'alice'), ['create', 'update', 'delete']);
+      assert.deepEqual(of('a1', 'bob'), ['delete', 'delete', 'delete'], 'for bob, only the deletes his view makes of them');
+      assert.deepEqual(of('b1', 'bob'), ['create']);
       for (const client of [aliceWs, bobWs]) client.close();
       aliceSse.close();
     });
@@ -119,16 +126,18 @@ for (const store of STORES) {
       await ws.request({ type: 'subscribe', entities: ['notes'] });
       const start = (await getJson(`${server.url}/api/sync/notes?since=0`, { headers: auth('dave') })).body.version;
       const values = Array.from({ length: 150 }, (_, index) => `('d${index}', 'dave', 'bulk ${index}')`).join(', ');
-      const before = renders.length;
+      const bulk = (id: unknown) => /^d\d+$/.test(String(id));
       await store.externalWrite(server, `INSERT INTO notes (id, owner, body) VALUES ${values}`);
       await waitFor(() => ws.changes().filter((c: any) => c.id.startsWith('d')).length === 150, 5000, 'the bulk rows');
-      for (const change of ws.changes()) assert.equal(change.html, undefined, 'more than 100 rendered changes: no HTML');
-      assert.equal(renders.length, before, 'and no render');
+      for (const change of ws.changes().filter((c: any) => bulk(c.id))) {
+        assert.equal(change.html, undefined, 'more than 100 rendered changes: no HTML');
+      }
+      assert.equal(renders.filter((render) => bulk(render.id)).length, 0, 'and no render');
       // A connection joining with an old cursor catches up from the log: rows, no HTML.
       const late = await WsClient.connect(server.wsUrl, { headers: auth('dave') });
       await late.request({ type: 'subscribe', entities: ['notes'], since: start });
       await waitFor(() => late.changes().filter((c: any) => c.id.startsWith('d')).length === 150, 5000, 'the catch-up');
-      for (const change of late.changes()) assert.equal(change.html, undefined);
+      for (const change of late.changes().filter((c: any) => bulk(c.id))) assert.equal(change.html, undefined);
       ws.close();
       late.close();
     });

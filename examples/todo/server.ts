@@ -14,7 +14,7 @@ import http from 'node:http';
 import { FieldMergeStrategy, nodeHandler, SyncEngine } from '../../src/index.js';
 import { createApp } from './app.js';
 import { openTodoDatabase, toTodo } from './db.js';
-import { liveTodo } from './views.js';
+import { liveTodo, todoCount } from './views.js';
 
 const port = Number(process.env.PORT ?? 3000);
 const host = process.env.HOST || '0.0.0.0';
@@ -37,6 +37,11 @@ const engine = new SyncEngine({
       // the list (writes by raw SQL and other processes too). Its element id is todo-<id> (views.ts).
       domId: (id) => `todo-${id}`,
       render: async (row) => liveTodo(toTodo(row), await todos.counts(), { htmx, debug }).value,
+      // A delete removes the todo's element; the count line goes with it, out of band.
+      renderDeleted: async () => {
+        const { total, left } = await todos.counts();
+        return todoCount(total, left, true).value;
+      },
     },
   ],
   fieldSync: FieldMergeStrategy.LastWriteWins,

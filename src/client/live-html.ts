@@ -7,7 +7,8 @@
  * target of an `hx-swap-oob="<strategy>:<selector>"` wrapper around it, else
  * into the element marked `data-rhtmx-live="<entity>"`, at the position of its
  * `data-rhtmx-live-swap` (default `beforeend`). Other top-level elements that
- * carry `hx-swap-oob` (a count, a badge) are swapped as htmx swaps them.
+ * carry `hx-swap-oob` (a count, a badge) are swapped as htmx swaps them; a
+ * delete removes the row's element and swaps only those.
  */
 import type { ChangeAction } from '../core/protocol.js';
 
@@ -54,20 +55,18 @@ function outOfBand(element: Element, spec: string): Element[] | null {
 /** Apply one row's fragment; true when the page now shows what the change says. */
 export function swapFragment(entity: string, action: ChangeAction, domId: string, html: string | undefined): boolean {
   const current = document.getElementById(domId);
-  if (action === 'delete') {
-    current?.remove();
-    return true;
-  }
-  if (html === undefined) return false;
+  if (action === 'delete') current?.remove();
+  if (html === undefined) return action === 'delete';
   const template = document.createElement('template');
   template.innerHTML = html;
-  const row = template.content.getElementById(domId);
-  if (!row) return false;
-  let landed = false;
+  // A delete's HTML holds only out-of-band elements (renderDeleted); a create or update's, the row too.
+  const row = action === 'delete' ? null : template.content.getElementById(domId);
+  if (!row && action !== 'delete') return false;
+  let landed = action === 'delete';
   const added: Element[] = [];
   for (const top of [...template.content.children]) {
     const spec = top.getAttribute(OOB);
-    if (top === row || top.contains(row)) {
+    if (row && (top === row || top.contains(row))) {
       if (current) {
         top.removeAttribute(OOB);
         row.removeAttribute(OOB);

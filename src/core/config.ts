@@ -107,6 +107,12 @@ export interface EntityConfig {
    * without HTML: pages refetch as they would without one.
    */
   render?: FragmentRenderer;
+  /**
+   * Live HTML: what a delete sends besides removing the row's element, e.g.
+   * a count line with `hx-swap-oob` (only such out-of-band elements are
+   * used). Optional; deletes carry no HTML without it.
+   */
+  renderDeleted?: (id: string, context: RenderContext) => string | Promise<string>;
   /** The id of a row's element in pages (live HTML); default `<name>-<id>`. */
   domId?: (id: string) => string;
 }
@@ -114,7 +120,7 @@ export interface EntityConfig {
 /** What a renderer is told besides the row. */
 export interface RenderContext {
   entity: string;
-  action: 'create' | 'update';
+  action: 'create' | 'update' | 'delete';
   /** The element id the fragment's row element must carry. */
   domId: string;
   /** The read scope it is rendered for (the entity's `scopeKey` of its viewers); null without a read rule. */
@@ -293,6 +299,7 @@ export interface ResolvedEntity {
   write?: WriteRule;
   schema?: StandardSchemaV1;
   render?: FragmentRenderer;
+  renderDeleted?: (id: string, context: RenderContext) => string | Promise<string>;
   domId: (id: string) => string;
 }
 
@@ -321,7 +328,7 @@ export function resolveEntities(options: SyncEngineOptions): ResolvedEntity[] {
     if (strategy === SyncStrategy.Custom && !entity.resolve) {
       throw new TypeError(`SyncEngine: entity ${entity.name} uses the custom strategy without a resolve function`);
     }
-    for (const hook of ['render', 'domId'] as const) {
+    for (const hook of ['render', 'renderDeleted', 'domId'] as const) {
       if (entity[hook] !== undefined && typeof entity[hook] !== 'function') {
         throw new TypeError(`SyncEngine: entity ${entity.name}: \`${hook}\` must be a function`);
       }
@@ -339,6 +346,7 @@ export function resolveEntities(options: SyncEngineOptions): ResolvedEntity[] {
       write: entity.write,
       schema: entity.schema,
       render: entity.render,
+      renderDeleted: entity.renderDeleted,
       domId: entity.domId ?? ((id: string) => `${name}-${id}`),
     };
   });

@@ -41,7 +41,7 @@ export interface Change {
   client_id?: string | null;
   /** Live HTML (live batches of entities with a renderer): the row's element id in pages. */
   dom_id?: string;
-  /** Live HTML: the row's fragment, rendered for the receiver's read scope; absent for deletes and when rendering failed. */
+  /** Live HTML: the row's fragment, rendered for the receiver's read scope (a delete's: `renderDeleted`'s out-of-band elements); absent when rendering failed. */
   html?: string;
 }
 
