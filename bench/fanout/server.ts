@@ -153,10 +153,35 @@ async function startRhtmx(options: { pollMs?: number; render?: boolean }): Promi
   return state;
 }
 
+/** One transaction's rows as the message our hub would send for it (same encoder, same fields). */
+function batchMessage(from: number, to: number): string {
+  const changes: Change[] = [];
+  for (let seq = from; seq < to; seq++) {
+    const item = makeItem(seq);
+    const id = String(item.id);
+    changes.push({
+      entity: 'items',
+      id,
+      entity_id: id,
+      action: 'create',
+      data: { ...item },
+      version: seq,
+      hlc: Date.now() * 4096,
+      client_id: null,
+    });
+  }
+  return new LiveBatch(from - 1, to - 1, changes).messageFor(FILTER) as string;
+}
+
+/** Bytes queued and not yet taken, per socket, above which the floor's writer waits. */
+const FLOOR_BACKPRESSURE = 1024 * 1024;
+
 function startRawWs(options: { html?: boolean }): Running {
   const server = http.createServer((_req, res) => res.writeHead(404).end());
   const wss = new WebSocketServer({ server });
   const writes = new Map<number, number>();
+  const bench: BenchDb = freshDb();
+  const insert = bench.db.prepare(INSERT_ITEM);
   const state: Running = {
     mode: 'raw-ws',
     server,
@@ -170,11 +195,37 @@ function startRawWs(options: { html?: boolean }): Running {
       for (const client of wss.clients) client.send(message);
     },
     connections: () => wss.clients.size,
+    /**
+     * The throughput floor: raw better-sqlite3 inserts (no triggers), each
+     * transaction's rows encoded once and broadcast to every socket, the writer
+     * waiting while any socket holds more than 1 MiB unsent.
+     */
+    async stream(rows, txSize) {
+      const insertMany = bench.db.transaction((from: number, to: number) => {
+        for (let i = from; i < to; i++) insert.run(...itemParams(makeItem(i)));
+      });
+      const start = now();
+      for (let from = 1; from <= rows; from += txSize) {
+        const to = Math.min(rows + 1, from + txSize);
+        insertMany(from, to);
+        const message = batchMessage(from, to);
+        for (const client of wss.clients) client.send(message);
+        for (;;) {
+          let queued = 0;
+          for (const client of wss.clients) queued = Math.max(queued, client.bufferedAmount);
+          if (queued <= FLOOR_BACKPRESSURE) break;
+          await new Promise<void>((resolve) => setTimeout(resolve, 1));
+        }
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+      return { start, end: now(), lastVersion: rows };
+    },
     async close() {
       for (const client of wss.clients) client.terminate();
       await new Promise<void>((resolve) => wss.close(() => resolve()));
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
+      bench.dispose();
     },
   };
   return state;
@@ -249,7 +300,7 @@ serve({
     return { writes: result, messageBytes: running?.lastMessageBytes ?? 0 };
   },
   stream: async (args: { rows: number; txSize: number }) => {
-    if (!running?.stream) throw new Error('stream needs the rhtmx server');
+    if (!running?.stream) throw new Error('stream needs the rhtmx or raw-ws server');
     return running.stream(args.rows, args.txSize);
   },
   memory,

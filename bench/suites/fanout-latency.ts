@@ -75,8 +75,8 @@ export async function runLatency(
     const url =
       side === 'rhtmx'
         ? transport === 'ws'
-          ? `ws://${base}/api/sync/ws`
-          : `http://${base}/api/sync/events?entities=items`
+          ? `ws://${base}/api/sync/ws?protocol=2`
+          : `http://${base}/api/sync/events?entities=items&protocol=2`
         : transport === 'ws'
           ? `ws://${base}/`
           : `http://${base}/`;

@@ -99,7 +99,7 @@ export async function pushSuite(ctx: BenchContext): Promise<SuiteResult> {
   return {
     id: 'push',
     title: '4. Push throughput with exactly-once bookkeeping',
-    method: `HTTP POST from a client process, ${concurrency} clients at once, each with its own client id and waiting for each answer. Ours: \`POST /api/sync/items\` (validation, conflict strategy, per-change savepoint, triggers, last mutation id per client, all in one transaction). Floor: a hand-written node:http + better-sqlite3 endpoint that keeps the same exactly-once record in the same transaction and nothing else. Median of ${rounds} round(s).`,
+    method: `HTTP POST from a client process, ${concurrency} clients at once, each with its own client id and waiting for each answer. Ours: \`POST /api/sync/items\` (validation, conflict strategy, triggers writing the change log, stored outcomes and last mutation id per client, all in one transaction; a savepoint per change only when the database refuses a write). Floor: a hand-written node:http + better-sqlite3 endpoint that keeps the same exactly-once record in the same transaction and nothing else. Median of ${rounds} round(s).`,
     table: {
       columns: ['case', 'ours mutations/s', 'floor mutations/s', 'ratio', 'request p50 ms (ours / floor)'],
       rows,

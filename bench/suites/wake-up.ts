@@ -29,7 +29,7 @@ async function round(ctx: BenchContext, writes: number): Promise<Round> {
   const writer = await Worker.start('writer', WRITER);
   try {
     const { port, dbPath } = await server.call<{ port: number; dbPath: string }>('start', { mode: 'rhtmx' });
-    const url = `ws://127.0.0.1:${port}/api/sync/ws`;
+    const url = `ws://127.0.0.1:${port}/api/sync/ws?protocol=2`;
     await Promise.all(ctx.clients.map((worker) => worker.call('connect', { kind: 'ws', url, count: CLIENTS / 2, protocol: 'rhtmx' })));
     await Promise.all(ctx.clients.map((worker) => worker.call('latencyMode')));
     await sleep(200);

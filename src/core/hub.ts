@@ -555,7 +555,12 @@ export class ChangeHub {
       const { filter } = state.subscriber;
       if (!state.catchingUp && filter.family === 'change') filters.set(filter.key, filter);
     }
-    await batch.render([...filters.values()], fragments);
+    try {
+      await batch.render([...filters.values()], fragments);
+    } catch (error) {
+      // The batch goes out without HTML rather than not at all (pages refetch).
+      this.onError(error);
+    }
   }
 
   private publish(batch: LiveBatch): void {
