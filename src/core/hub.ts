@@ -73,7 +73,7 @@ export function storeSource(store: Store, fields: FieldStore | null = null): Cha
 
 /**
  * Live HTML: a change with its fragment for one read scope (`dom_id`, and
- * `html` unless it is a delete or rendering failed).
+ * `html` unless rendering failed; a delete's only from `renderDeleted`).
  */
 export interface Fragments {
   /** The entity has a renderer. */
