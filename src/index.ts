@@ -14,6 +14,7 @@ export { nodeHandler } from './adapters/node.js';
 export {
   type ConflictResolver,
   DEFAULT_LIMITS,
+  type DeletedRenderer,
   type EntityConfig,
   FieldMergeStrategy,
   type FragmentRenderer,

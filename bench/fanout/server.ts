@@ -50,22 +50,32 @@ export function itemHtml(row: Record<string, unknown>): string {
 /** The list a page refetches: the newest 50 items, rendered as the page shows them. */
 const LIST_SQL = 'SELECT id, seq, title, body, done, updated_at FROM items ORDER BY id DESC LIMIT 50';
 
-/** Exactly the message our hub would send for this row (same encoder, same fields; with its fragment for live HTML). */
-function changeMessage(seq: number, html = false): string {
+/** Row `seq` as the hub logs it: a create of `makeItem(seq)` at version `seq` (with its fragment for live HTML). */
+function itemChange(seq: number, html = false): Change {
   const item = makeItem(seq);
-  const change: Change = {
+  const id = String(item.id);
+  return {
     entity: 'items',
-    id: String(item.id),
-    entity_id: String(item.id),
+    id,
+    entity_id: id,
     action: 'create',
     data: { ...item },
     version: seq,
     hlc: Date.now() * 4096,
     client_id: null,
-    ...(html ? { dom_id: `items-${item.id}`, html: itemHtml(item as unknown as Record<string, unknown>) } : {}),
+    ...(html ? { dom_id: `items-${id}`, html: itemHtml(item as unknown as Record<string, unknown>) } : {}),
   };
-  return new LiveBatch(seq - 1, seq, [change]).messageFor(FILTER) as string;
 }
+
+/** Exactly the message our hub would send for rows `from` to `to - 1` (same encoder, same fields). */
+function batchMessage(from: number, to: number, html = false): string {
+  const changes: Change[] = [];
+  for (let seq = from; seq < to; seq++) changes.push(itemChange(seq, html));
+  return new LiveBatch(from - 1, to - 1, changes).messageFor(FILTER) as string;
+}
+
+/** The message for one row. */
+const changeMessage = (seq: number, html = false): string => batchMessage(seq, seq + 1, html);
 
 async function listen(server: http.Server): Promise<number> {
   server.listen(0, '127.0.0.1', 2048);
@@ -151,26 +161,6 @@ async function startRhtmx(options: { pollMs?: number; render?: boolean }): Promi
   };
   state.lastMessageBytes = Buffer.byteLength(changeMessage(1, options.render));
   return state;
-}
-
-/** One transaction's rows as the message our hub would send for it (same encoder, same fields). */
-function batchMessage(from: number, to: number): string {
-  const changes: Change[] = [];
-  for (let seq = from; seq < to; seq++) {
-    const item = makeItem(seq);
-    const id = String(item.id);
-    changes.push({
-      entity: 'items',
-      id,
-      entity_id: id,
-      action: 'create',
-      data: { ...item },
-      version: seq,
-      hlc: Date.now() * 4096,
-      client_id: null,
-    });
-  }
-  return new LiveBatch(from - 1, to - 1, changes).messageFor(FILTER) as string;
 }
 
 /** Bytes queued and not yet taken, per socket, above which the floor's writer waits. */

@@ -35,29 +35,27 @@ export function dispatch(name: string, detail: unknown): void {
  * frame, after swapping in the frame's live HTML fragments, in order.
  */
 export function changeEvents(): (changes: RowChange[]) => void {
-  type Batch = { ids: Set<string>; id: string; action: ChangeAction; rows: RowChange[] };
-  const batches = new Map<string, Batch>();
+  /** Each entity's rows of this frame, in order (`id` and `action` of the event are the last one's). */
+  const batches = new Map<string, RowChange[]>();
   let scheduled = false;
   const flush = () => {
     scheduled = false;
-    for (const [entity, { ids, id, action, rows }] of batches) {
+    for (const [entity, rows] of batches) {
       let swapped = true;
-      for (const [, , rowAction, fragment] of rows) {
-        swapped = (fragment ? swapFragment(entity, rowAction, fragment[0], fragment[1]) : false) && swapped;
+      for (const [, , action, fragment] of rows) {
+        swapped = (fragment ? swapFragment(entity, action, fragment[0], fragment[1]) : false) && swapped;
       }
-      dispatch(`rhtmx:${entity}:changed`, { entity, ids: [...ids], id, action, swapped } satisfies ChangedDetail);
+      const [, id, action] = rows[rows.length - 1] as RowChange;
+      const ids = [...new Set(rows.map((row) => row[1]))];
+      dispatch(`rhtmx:${entity}:changed`, { entity, ids, id, action, swapped } satisfies ChangedDetail);
     }
     batches.clear();
   };
   return (changes) => {
     for (const change of changes) {
-      const [entity, id, action] = change;
-      const batch: Batch = batches.get(entity) ?? { ids: new Set(), id, action, rows: [] };
-      batch.ids.add(id);
-      batch.id = id;
-      batch.action = action;
-      batch.rows.push(change);
-      batches.set(entity, batch);
+      const rows = batches.get(change[0]);
+      if (rows) rows.push(change);
+      else batches.set(change[0], [change]);
     }
     if (scheduled || batches.size === 0) return;
     scheduled = true;

@@ -21,6 +21,9 @@ const processed = (elements: Element[]) => {
   for (const element of elements) htmx?.process(element);
 };
 
+/** htmx's outer swap: the element itself replaces its target. */
+const isOuter = (strategy: string) => strategy === 'true' || strategy === 'outerHTML';
+
 /** Put `nodes` at `strategy` of `target`: an insert position, or innerHTML / outerHTML (true) / delete. */
 function place(target: Element, strategy: string, nodes: Node[]): Element[] {
   const elements = nodes.filter((node): node is Element => node instanceof Element);
@@ -35,7 +38,7 @@ function place(target: Element, strategy: string, nodes: Node[]): Element[] {
     else if (position === 'afterbegin') target.prepend(fragment);
     else if (position === 'beforeend') target.append(fragment);
     else target.after(fragment);
-  } else if (strategy === 'true' || strategy === 'outerHTML') target.replaceWith(...nodes);
+  } else if (isOuter(strategy)) target.replaceWith(...nodes);
   else return [];
   return elements;
 }
@@ -48,8 +51,7 @@ function outOfBand(element: Element, spec: string): Element[] | null {
   const selector = colon < 0 ? null : spec.slice(colon + 1);
   const target = selector ? document.querySelector(selector) : element.id ? document.getElementById(element.id) : null;
   if (!target) return null;
-  const outer = strategy === 'true' || strategy === 'outerHTML';
-  return place(target, strategy, outer ? [element] : [...element.childNodes]);
+  return place(target, strategy, isOuter(strategy) ? [element] : [...element.childNodes]);
 }
 
 /** Apply one row's fragment; true when the page now shows what the change says. */
@@ -68,7 +70,7 @@ export function swapFragment(entity: string, action: ChangeAction, domId: string
     const spec = top.getAttribute(OOB);
     if (row && (top === row || top.contains(row))) {
       if (current) {
-        top.removeAttribute(OOB);
+        // The row alone replaces what the page shows (a wrapper around it is dropped).
         row.removeAttribute(OOB);
         current.replaceWith(row);
         added.push(row);

@@ -112,7 +112,7 @@ export interface EntityConfig {
    * a count line with `hx-swap-oob` (only such out-of-band elements are
    * used). Optional; deletes carry no HTML without it.
    */
-  renderDeleted?: (id: string, context: RenderContext) => string | Promise<string>;
+  renderDeleted?: DeletedRenderer;
   /** The id of a row's element in pages (live HTML); default `<name>-<id>`. */
   domId?: (id: string) => string;
 }
@@ -129,6 +129,9 @@ export interface RenderContext {
 
 /** Renders a row's live HTML fragment. */
 export type FragmentRenderer = (row: Row, context: RenderContext) => string | Promise<string>;
+
+/** Renders what a delete sends besides removing the row's element (out-of-band elements). */
+export type DeletedRenderer = (id: string, context: RenderContext) => string | Promise<string>;
 
 /** Safety limits, each with a clear error when exceeded. */
 export interface SyncLimits {
@@ -299,7 +302,7 @@ export interface ResolvedEntity {
   write?: WriteRule;
   schema?: StandardSchemaV1;
   render?: FragmentRenderer;
-  renderDeleted?: (id: string, context: RenderContext) => string | Promise<string>;
+  renderDeleted?: DeletedRenderer;
   domId: (id: string) => string;
 }
 
@@ -335,7 +338,7 @@ export function resolveEntities(options: SyncEngineOptions): ResolvedEntity[] {
     }
     const name = entity.name;
     return {
-      name: entity.name,
+      name,
       table,
       primaryKey: entity.primaryKey,
       strategy,

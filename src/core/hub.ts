@@ -553,7 +553,7 @@ export class ChangeHub {
     const filters = new Map<string, EntityFilter>();
     for (const state of this.subscribers) {
       const { filter } = state.subscriber;
-      if (!state.catchingUp && filter.family === 'change') filters.set(filter.key, filter);
+      if (!state.catchingUp) filters.set(filter.key, filter);
     }
     try {
       await batch.render([...filters.values()], fragments);
