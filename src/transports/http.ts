@@ -14,6 +14,7 @@ import type { PullParams, SyncService } from '../core/sync-service.js';
 import { parseCursor, parseJson, parseLimit } from '../core/validation.js';
 import type { ClientAssets } from './assets.js';
 import { type Access, admit, admitPublic } from './gate.js';
+import { nodeBody, tooLarge, wholeBody } from './node.js';
 import { openEventStream } from './sse.js';
 
 const gzipAsync = promisify(gzip);
@@ -47,9 +48,10 @@ async function jsonTextResponse(request: Request, text: string, status = 200): P
   const headers = responseHeaders('application/json');
   if (text.length >= GZIP_MIN_BYTES && acceptsGzip(request)) {
     headers['content-encoding'] = 'gzip';
-    return new Response(await gzipAsync(text), { status, headers });
+    const body = await gzipAsync(text);
+    return wholeBody(new Response(body, { status, headers }), body);
   }
-  return new Response(text, { status, headers });
+  return wholeBody(new Response(text, { status, headers }), text);
 }
 
 /** A pull page: its response (where the next page starts) and the JSON text that is sent. */
@@ -99,6 +101,8 @@ export async function pullResponse(request: Request, params: PullParams, read: P
 export async function readBody(request: Request, maxBytes: number): Promise<string> {
   const declared = Number(request.headers.get('content-length') ?? '0');
   if (declared > maxBytes) throw tooLarge(maxBytes);
+  const bridged = nodeBody(request, maxBytes);
+  if (bridged) return new TextDecoder().decode(await bridged);
   if (!request.body) return '';
   const reader = request.body.getReader();
   const chunks: Uint8Array[] = [];
@@ -122,8 +126,6 @@ export async function readBody(request: Request, maxBytes: number): Promise<stri
   }
   return new TextDecoder().decode(Buffer.concat(chunks));
 }
-
-const tooLarge = (maxBytes: number) => new SyncError(ErrorCode.TooLarge, `request body exceeds ${maxBytes} bytes`, 413);
 
 /**
  * A push body must say it is JSON: `text/plain` and form bodies are what a

@@ -3,7 +3,7 @@
  * `Response`, streaming both ways with backpressure (SSE depends on it).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { type Duplex, Readable } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { badRequest, SyncError, toSyncError } from '../core/errors.js';
 import { ErrorCode } from '../core/protocol.js';
 import { absorbErrors, refuseUpgrade } from './socket/refuse.js';
@@ -23,12 +23,12 @@ export function requestHost(value: string | undefined): string {
 
 const LOOPBACK_ADDRESS = /^(127\.\d+\.\d+\.\d+|::1|::ffff:127\.\d+\.\d+\.\d+)$/;
 
-/** What the Web Request cannot say about the connection it came on. */
-const connections = new WeakMap<Request, { loopback: boolean }>();
+/** What the Web Request cannot say about the connection it came on, and the Node stream of its body. */
+const connections = new WeakMap<Request, { loopback: boolean; body?: IncomingMessage }>();
 
 /** Record the local address a Web Request arrived on (adapters whose framework built the Request). */
-export function noteConnection(request: Request, localAddress: string | undefined): void {
-  if (localAddress) connections.set(request, { loopback: LOOPBACK_ADDRESS.test(localAddress) });
+export function noteConnection(request: Request, localAddress: string | undefined, body?: IncomingMessage): void {
+  connections.set(request, { loopback: localAddress !== undefined && LOOPBACK_ADDRESS.test(localAddress), body });
 }
 
 /** Whether a request bridged from node:http arrived over a loopback address (false when unknown). */
@@ -37,8 +37,46 @@ export function arrivedOverLoopback(request: Request): boolean {
 }
 
 /**
- * Build a Web Request from a Node request. The body stays a stream: the engine
- * enforces its size limit. Throws a 400 SyncError for a malformed Host.
+ * The body of a request bridged from node:http, read straight from its Node
+ * stream (the Web Request carries none: a web stream around it cost more than
+ * the rest of a one-change push). Undefined for other requests.
+ */
+export function nodeBody(request: Request, maxBytes: number): Promise<Uint8Array> | undefined {
+  const source = connections.get(request)?.body;
+  return source && readNodeStream(source, maxBytes);
+}
+
+/** Read a Node stream to its end: a 413 past `maxBytes` (the rest stays unread), a 400 when the client resets mid-body. */
+function readNodeStream(source: IncomingMessage, maxBytes: number): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const settle = (error?: SyncError) => {
+      source.off('data', onData).off('end', onEnd).off('close', onClose).off('error', onClose);
+      if (error) {
+        source.pause();
+        reject(error);
+      } else resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
+    };
+    const onData = (chunk: Buffer) => {
+      total += chunk.byteLength;
+      if (total > maxBytes) settle(tooLarge(maxBytes));
+      else chunks.push(chunk);
+    };
+    const onEnd = () => settle();
+    // The client reset the connection mid-body: nobody is left to answer, and it is no server fault.
+    const onClose = () => settle(new SyncError(ErrorCode.BadRequest, 'request body aborted', 400));
+    if (source.readableEnded) return resolve(new Uint8Array(0));
+    source.on('data', onData).once('end', onEnd).once('close', onClose).once('error', onClose);
+  });
+}
+
+export const tooLarge = (maxBytes: number) => new SyncError(ErrorCode.TooLarge, `request body exceeds ${maxBytes} bytes`, 413);
+
+/**
+ * Build a Web Request from a Node request. Its body stays in the Node stream,
+ * read by `readBody` (`nodeBody`) under the engine's size limit. Throws a 400
+ * SyncError for a malformed Host.
  */
 export function toWebRequest(req: IncomingMessage, res?: ServerResponse): Request {
   const host = requestHost(req.headers.host);
@@ -52,22 +90,32 @@ export function toWebRequest(req: IncomingMessage, res?: ServerResponse): Reques
     else headers.set(name, value);
   }
   const controller = new AbortController();
-  // 'close' on the response fires when the client goes away (SSE ends there).
-  (res ?? req).once('close', () => controller.abort());
+  // 'close' on the response fires when the client goes away (SSE ends there); after a complete answer nothing is left to abort.
+  (res ?? req).once('close', () => {
+    if (!res?.writableFinished) controller.abort();
+  });
   const method = req.method ?? 'GET';
-  const init: RequestInit & { duplex?: 'half' } = { method, headers, signal: controller.signal };
-  if (method !== 'GET' && method !== 'HEAD') {
-    init.body = Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>;
-    init.duplex = 'half';
-  }
   let request: Request;
   try {
-    request = new Request(`${protocol}://${host}${path.startsWith('/') ? path : `/${path}`}`, init);
+    request = new Request(`${protocol}://${host}${path.startsWith('/') ? path : `/${path}`}`, {
+      method,
+      headers,
+      signal: controller.signal,
+    });
   } catch {
     throw badRequest('malformed request target');
   }
-  noteConnection(request, req.socket?.localAddress);
+  noteConnection(request, req.socket?.localAddress, method === 'GET' || method === 'HEAD' ? undefined : req);
   return request;
+}
+
+/** Bodies of the engine's own whole (not streamed) responses, written by the Node bridge without reading them back. */
+const wholeBodies = new WeakMap<Response, string | Uint8Array>();
+
+/** Note that `response`'s body is `body`, whole: the Node bridge then sends it as it is. */
+export function wholeBody(response: Response, body: string | Uint8Array): Response {
+  wholeBodies.set(response, body);
+  return response;
 }
 
 /** Write a Web Response to a Node response, respecting backpressure for streams. */
@@ -84,6 +132,11 @@ export async function sendWebResponse(res: ServerResponse, response: Response, r
   res.writeHead(response.status, headers);
   if (!response.body || method === 'HEAD') {
     res.end();
+    return;
+  }
+  const whole = wholeBodies.get(response);
+  if (whole !== undefined && !response.bodyUsed) {
+    res.end(whole);
     return;
   }
   const streaming = (response.headers.get('content-type') ?? '').startsWith('text/event-stream');
