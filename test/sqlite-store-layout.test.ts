@@ -148,6 +148,31 @@ describe('SQLite store layout', () => {
     await store.close();
   });
 
+  test('cleanup cuts the log in commit order: an old entry written after a younger one waits, and writes keep no created_at index', async () => {
+    const { store } = await open(temp);
+    temp.db.exec("INSERT INTO todos (id, title) VALUES ('c1', 'one'), ('c2', 'two'), ('c3', 'three')");
+    temp.db.exec("DELETE FROM todos WHERE id = 'c1'; DELETE FROM todos WHERE id = 'c2'; DELETE FROM todos WHERE id = 'c3'");
+    const deletes = temp.db
+      .prepare("SELECT version FROM _rhtmx_sync_log WHERE entity_id IN ('c1', 'c2', 'c3') AND action = 'delete' ORDER BY version")
+      .pluck()
+      .all() as number[];
+    const old = Date.now() - 10 * 86_400_000;
+    // Everything up to c1's delete is old, c2's delete after it young, c3's after that old again (a clock set back).
+    temp.db.prepare('UPDATE _rhtmx_sync_log SET created_at = ? WHERE version <= ?').run(old, deletes[0]);
+    const age = temp.db.prepare('UPDATE _rhtmx_sync_log SET created_at = ? WHERE version = ?');
+    age.run(Date.now(), deletes[1]);
+    age.run(old, deletes[2]);
+    await store.cleanup(Date.now() - 86_400_000, old);
+    const left = temp.db
+      .prepare("SELECT entity_id FROM _rhtmx_sync_log WHERE entity_id IN ('c1', 'c2', 'c3') AND action = 'delete'")
+      .pluck();
+    assert.deepEqual(left.all(), ['c2', 'c3'], 'c1 is pruned; c3 stays until c2 is old too');
+    assert.equal(await store.retainedSince('todos'), deletes[0], 'the horizon is the newest pruned tombstone');
+    const indexes = temp.db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = '_rhtmx_sync_log'").pluck().all();
+    assert.ok(!indexes.some((name) => String(name).endsWith('_age')), `log indexes: ${indexes.join(', ')}`);
+    await store.close();
+  });
+
   test('entity and field pushes word a refused write the same way, naming the column and no SQL', async () => {
     const { store, schema, fields } = await open(temp);
     const [entity] = await store.push({

@@ -11,11 +11,18 @@ import { type Catalog, CLIENTS_TABLE, FIELD_VERSIONS_TABLE, LOG_TABLE, META_TABL
 export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanMs: number): number {
   const { db, s } = catalog;
   return db.transaction((): number => {
+    // The log is in commit order: what is older than the cutoff is every entry before the first
+    // younger one (one written under a clock set back waits for a later cleanup). Found by a scan
+    // that stops there, so no write pays for an index on created_at.
+    const cut =
+      (db.prepare(`SELECT version FROM ${LOG_TABLE} WHERE created_at >= ? ORDER BY version LIMIT 1`).pluck().get(olderThanMs) as
+        | number
+        | undefined) ?? Number.MAX_SAFE_INTEGER;
     // Deleted rows' tombstones are the only entries whose loss a lagging client would notice:
     // remember the newest pruned one per entity, and send older cursors a reset instead.
     const horizons = db
-      .prepare(`SELECT entity, MAX(version) AS v FROM ${LOG_TABLE} WHERE created_at < ? AND action = 'delete' GROUP BY entity`)
-      .all(olderThanMs) as Array<{ entity: string; v: number }>;
+      .prepare(`SELECT entity, MAX(version) AS v FROM ${LOG_TABLE} WHERE version < ? AND action = 'delete' GROUP BY entity`)
+      .all(cut) as Array<{ entity: string; v: number }>;
     const now = Date.now();
     for (const { entity, v } of horizons) {
       s.setMeta.run(`pruned_through:${entity}`, v);
@@ -24,11 +31,11 @@ export function cleanup(catalog: Catalog, olderThanMs: number, clientsOlderThanM
     }
     const removed = db
       .prepare(
-        `DELETE FROM ${LOG_TABLE} WHERE created_at < ? AND (action = 'delete' OR EXISTS (
+        `DELETE FROM ${LOG_TABLE} WHERE version < ? AND (action = 'delete' OR EXISTS (
            SELECT 1 FROM ${LOG_TABLE} newer WHERE newer.entity = ${LOG_TABLE}.entity
              AND newer.entity_id = ${LOG_TABLE}.entity_id AND newer.version > ${LOG_TABLE}.version))`,
       )
-      .run(olderThanMs).changes;
+      .run(cut).changes;
     const fieldBookkeeping = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(FIELD_VERSIONS_TABLE);
     if (fieldBookkeeping) {
       // A field cursor at or below the horizon gets a reset snapshot, so the tombstones there are no longer read.
