@@ -74,6 +74,7 @@ export async function pushSuite(ctx: BenchContext): Promise<SuiteResult> {
   const client = await Worker.start('http-client', CLIENT);
   const rows: Array<Array<string | number>> = [];
   const summary: unknown[] = [];
+  const targets: NonNullable<SuiteResult['targets']> = [];
   try {
     for (const spec of cases) {
       const ours: PushResult[] = [];
@@ -92,6 +93,16 @@ export async function pushSuite(ctx: BenchContext): Promise<SuiteResult> {
       const f = perSecond(floor);
       rows.push([spec.name, rate(o), rate(f), times(o / f), `${ms(p50(ours))} / ${ms(p50(floor))}`]);
       summary.push({ ...spec, concurrency, ours: o, floor: f, ratio: o / f, requestP50: { ours: p50(ours), floor: p50(floor) } });
+      // The targets of issue 17: batches of 1 at 0.8× the floor, batches of 100 at 0.6×.
+      const goal = spec.mode === 'create' ? (spec.batch === 1 ? 0.8 : 0.6) : null;
+      if (goal !== null) {
+        targets.push({
+          what: `push throughput, ${spec.name}, vs the hand-written exactly-once floor`,
+          ratio: o / f,
+          goal: `≥ ${goal}× the floor`,
+          met: o / f >= goal,
+        });
+      }
     }
   } finally {
     await client.stop();
@@ -104,6 +115,7 @@ export async function pushSuite(ctx: BenchContext): Promise<SuiteResult> {
       columns: ['case', 'ours mutations/s', 'floor mutations/s', 'ratio', 'request p50 ms (ours / floor)'],
       rows,
     },
+    targets,
     data: { summary },
   };
 }
