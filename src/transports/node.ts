@@ -89,19 +89,20 @@ export function toWebRequest(req: IncomingMessage, res?: ServerResponse): Reques
     if (Array.isArray(value)) for (const item of value) headers.append(name, item);
     else headers.set(name, value);
   }
-  const controller = new AbortController();
-  // 'close' on the response fires when the client goes away (SSE ends there); after a complete answer nothing is left to abort.
-  (res ?? req).once('close', () => {
-    if (!res?.writableFinished) controller.abort();
-  });
+  // 'close' on the response fires when the client goes away (SSE ends there); after a complete
+  // answer nothing is left to abort. An upgrade (no response) has no answer to abort.
+  let signal: AbortSignal | undefined;
+  if (res) {
+    const controller = new AbortController();
+    signal = controller.signal;
+    res.once('close', () => {
+      if (!res.writableFinished) controller.abort();
+    });
+  }
   const method = req.method ?? 'GET';
   let request: Request;
   try {
-    request = new Request(`${protocol}://${host}${path.startsWith('/') ? path : `/${path}`}`, {
-      method,
-      headers,
-      signal: controller.signal,
-    });
+    request = new Request(`${protocol}://${host}${path.startsWith('/') ? path : `/${path}`}`, { method, headers, signal });
   } catch {
     throw badRequest('malformed request target');
   }

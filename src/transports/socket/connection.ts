@@ -7,9 +7,19 @@ import { type WebSocket, WebSocketServer } from 'ws';
 import { reauthorize } from '../../core/access.js';
 import type { Authorize, SyncLimits, SyncUser } from '../../core/config.js';
 import { toSyncError } from '../../core/errors.js';
-import { EntityFilter, type Family, type Framing, type LiveBatch } from '../../core/hub.js';
-import { CloseCode } from '../../core/protocol.js';
+import { EntityFilter, type Family, type Framing, type LiveBatch, type Subscriber } from '../../core/hub.js';
+import { CLOSE_MUST_REFETCH, CloseCode } from '../../core/protocol.js';
 import { Budget, type LiveSession } from '../../core/sessions.js';
+
+/** The filter of a socket that follows nothing yet, one per family (filters never change: a subscription makes its own). */
+const IDLE_FILTERS = new Map<Family, EntityFilter>();
+const idleFilter = (family: Family): EntityFilter => {
+  const known = IDLE_FILTERS.get(family);
+  if (known) return known;
+  const filter = new EntityFilter(new Set(), false, undefined, family);
+  IDLE_FILTERS.set(family, filter);
+  return filter;
+};
 
 /** What a connection asks of its endpoint when its rights are re-checked. */
 export interface Rescoping {
@@ -18,8 +28,8 @@ export interface Rescoping {
   rescope(connection: SyncConnection): void;
 }
 
-/** One client's socket, its subscription and its budgets. */
-export class SyncConnection implements LiveSession {
+/** One client's socket, its subscription and its budgets; it is its own hub subscriber (no closures per socket). */
+export class SyncConnection implements LiveSession, Subscriber {
   readonly kind = 'websocket';
   filter: EntityFilter;
   unsubscribe: (() => void) | null = null;
@@ -48,12 +58,31 @@ export class SyncConnection implements LiveSession {
     /** How live changes are framed for this socket: the protocol its URL declared (`?protocol=`). */
     readonly framing: Framing<Buffer[]>,
   ) {
-    this.filter = new EntityFilter(new Set(), false, undefined, family);
+    this.filter = idleFilter(family);
     this.messages = new Budget(limits.wsMessagesPerSecond);
-    socket.once('close', () => {
-      this.closed = true;
-      this.wakeDrainWaiters();
-    });
+  }
+
+  /** The socket closed (the endpoint's one close listener calls this). */
+  closedBySocket(): void {
+    this.closed = true;
+    this.unsubscribe?.();
+    this.unsubscribe = null;
+    this.wakeDrainWaiters();
+  }
+
+  /** Subscriber: one live batch or catch-up page for this socket's filter. */
+  deliver(batch: LiveBatch, version: number, paced: boolean): void {
+    this.cursor = version;
+    // Replayed pages cost what they read; live batches are read once for everyone.
+    if (paced) this.spendRows(batch.changes.length + (batch.fieldChanges?.length ?? 0));
+    // One frame per batch, or one per change for a client of the original crate.
+    const frames = batch.framed(this.filter, this.framing);
+    if (frames !== null) this.sendAll(frames, !paced, paced);
+  }
+
+  /** Subscriber: the rows it holds of `entity` no longer match its table. */
+  refetch(entity: string): void {
+    this.close(CLOSE_MUST_REFETCH, `${entity.slice(0, 64)}: pull again (its schema changed or its log was pruned)`);
   }
 
   get open(): boolean {
@@ -211,7 +240,3 @@ export const WS_FRAMINGS = {
       changes.map(({ json, version }) => Buffer.from(`{"type":${JSON.stringify(family)},"version":${version},"change":${json}}`)),
   },
 } satisfies Record<'batch' | 'each', Framing<Buffer[]>>;
-
-/** The frames of a batch for one filter, shared by every socket with that filter and framing; null when nothing concerns it. */
-export const liveFrames = (batch: LiveBatch, filter: EntityFilter, framing: Framing<Buffer[]>): Buffer[] | null =>
-  batch.framed(filter, framing);

@@ -32,12 +32,12 @@ import type { LiveScope } from '../../core/access.js';
 import type { SyncLimits, SyncUser } from '../../core/config.js';
 import { badRequest, SyncError, toSyncError } from '../../core/errors.js';
 import { type ChangeHub, declaredFraming, EntityFilter, type Family } from '../../core/hub.js';
-import { CLOSE_MUST_REFETCH, CloseCode, ErrorCode } from '../../core/protocol.js';
+import { CloseCode, ErrorCode } from '../../core/protocol.js';
 import type { PullParams } from '../../core/sync-service.js';
 import { parseJson } from '../../core/validation.js';
 import { type Access, admit } from '../gate.js';
 import { toWebRequest } from '../node.js';
-import { createSocketServer, liveFrames, type Rescoping, SyncConnection, WS_FRAMINGS } from './connection.js';
+import { createSocketServer, type Rescoping, SyncConnection, WS_FRAMINGS } from './connection.js';
 import { absorbErrors, refuseUpgrade } from './refuse.js';
 
 /** A message a client sent, and the `ref` to echo. */
@@ -171,7 +171,7 @@ export class SocketEndpoint implements Rescoping {
     // From here the slot is ours to give back, whichever way the handshake ends.
     const handshake = releaseOnEarlyClose(socket, release);
     this.server.handleUpgrade(request, socket, head, (ws) => {
-      handshake.opened = true;
+      handshake.opened();
       settle();
       if (socket.destroyed) {
         release();
@@ -201,9 +201,8 @@ export class SocketEndpoint implements Rescoping {
       connection.alive = true;
       this.onMessage(connection, data as Buffer, isBinary);
     });
-    socket.once('close', () => {
-      connection.unsubscribe?.();
-      connection.unsubscribe = null;
+    socket.on('close', () => {
+      connection.closedBySocket();
       this.connections.delete(connection);
       forget();
       held.release();
@@ -306,25 +305,8 @@ export class SocketEndpoint implements Rescoping {
     connection.filter = new EntityFilter(entities, false, family.liveScope(connection.user) ?? undefined, family.family);
     connection.unsubscribe = null;
     if (entities.size === 0) return;
-    const filter = connection.filter;
     connection.cursor = since ?? this.hub.currentVersion;
-    connection.unsubscribe = this.hub.subscribe(
-      {
-        filter,
-        deliver(batch, version, paced) {
-          connection.cursor = version;
-          // Replayed pages cost what they read; live batches are read once for everyone.
-          if (paced) connection.spendRows(batch.changes.length + (batch.fieldChanges?.length ?? 0));
-          // One frame per batch, or one per change for a client of the original crate.
-          const frames = liveFrames(batch, filter, connection.framing);
-          if (frames !== null) connection.sendAll(frames, !paced, paced);
-        },
-        drained: () => connection.drained(),
-        refetch: (entity) =>
-          connection.close(CLOSE_MUST_REFETCH, `${entity.slice(0, 64)}: pull again (its schema changed or its log was pruned)`),
-      },
-      since,
-    );
+    connection.unsubscribe = this.hub.subscribe(connection, since);
   }
 
   private pingAll(): void {
@@ -351,12 +333,11 @@ export class SocketEndpoint implements Rescoping {
  * and one created inside `admit` would keep that function's whole scope
  * (the upgrade request, its Web Request, the head buffer) alive with it.
  */
-function releaseOnEarlyClose(socket: Duplex, release: () => void): { opened: boolean } {
-  const handshake = { opened: false };
-  socket.once('close', () => {
-    if (!handshake.opened) release();
-  });
-  return handshake;
+function releaseOnEarlyClose(socket: Duplex, release: () => void): { opened(): void } {
+  const early = () => release();
+  socket.on('close', early);
+  // Once open, the connection's own close listener gives the slot back.
+  return { opened: () => socket.off('close', early) };
 }
 
 /** The query string of an upgrade request's URL. */
