@@ -199,7 +199,7 @@ for (const store of STORES) {
       const failures: unknown[] = [];
       let reads = 0;
       const front = createServer((req, res) => {
-        const request = toWebRequest(req, res);
+        const request = toWebRequest(req);
         const url = new URL(request.url);
         const params = {
           since: Number(url.searchParams.get('since')),

@@ -14,7 +14,7 @@ import type { PullParams, SyncService } from '../core/sync-service.js';
 import { parseCursor, parseJson, parseLimit } from '../core/validation.js';
 import type { ClientAssets } from './assets.js';
 import { type Access, admit, admitPublic } from './gate.js';
-import { nodeBody, tooLarge, wholeBody } from './node.js';
+import { abandoned, nodeBody, tooLarge, wholeBody } from './node.js';
 import { openEventStream } from './sse.js';
 
 const gzipAsync = promisify(gzip);
@@ -301,7 +301,7 @@ export class HttpRoutes {
     const lastEventId = request.headers.get('last-event-id') ?? url.searchParams.get('lastEventId');
     const since = lastEventId ? parseCursor(lastEventId, 'Last-Event-ID', 0) : parseCursor(url.searchParams.get('since'), 'since', -1);
     // Abandoned while authorize ran: no slot, no subscription.
-    if (request.signal.aborted) throw new SyncError(ErrorCode.BadRequest, 'request abandoned', 400);
+    if (abandoned(request)) throw new SyncError(ErrorCode.BadRequest, 'request abandoned', 400);
     const release = this.options.sessions.acquire(user);
     return openEventStream({
       hub: this.hub,

@@ -23,12 +23,28 @@ export function requestHost(value: string | undefined): string {
 
 const LOOPBACK_ADDRESS = /^(127\.\d+\.\d+\.\d+|::1|::ffff:127\.\d+\.\d+\.\d+)$/;
 
-/** What the Web Request cannot say about the connection it came on, and the Node stream of its body. */
-const connections = new WeakMap<Request, { loopback: boolean; body?: IncomingMessage }>();
+/** What the Web Request cannot say about the connection it came on: its address, the Node stream of its body, its socket. */
+interface Bridged {
+  loopback: boolean;
+  body?: IncomingMessage;
+  socket?: Duplex;
+}
+const connections = new WeakMap<Request, Bridged>();
 
 /** Record the local address a Web Request arrived on (adapters whose framework built the Request). */
-export function noteConnection(request: Request, localAddress: string | undefined, body?: IncomingMessage): void {
-  connections.set(request, { loopback: localAddress !== undefined && LOOPBACK_ADDRESS.test(localAddress), body });
+export function noteConnection(request: Request, localAddress: string | undefined, bridged: Omit<Bridged, 'loopback'> = {}): void {
+  connections.set(request, { loopback: localAddress !== undefined && LOOPBACK_ADDRESS.test(localAddress), ...bridged });
+}
+
+/**
+ * Whether the client that sent `request` is gone: its signal aborted, or, for
+ * a request bridged from node:http (which carries no signal: an AbortSignal
+ * and the one undici's Request derives from it were most of an idle event
+ * stream's memory), its socket closed.
+ */
+export function abandoned(request: Request): boolean {
+  const socket = connections.get(request)?.socket;
+  return request.signal.aborted || (socket !== undefined && (socket.destroyed || !socket.writable));
 }
 
 /** Whether a request bridged from node:http arrived over a loopback address (false when unknown). */
@@ -78,7 +94,7 @@ export const tooLarge = (maxBytes: number) => new SyncError(ErrorCode.TooLarge, 
  * read by `readBody` (`nodeBody`) under the engine's size limit. Throws a 400
  * SyncError for a malformed Host.
  */
-export function toWebRequest(req: IncomingMessage, res?: ServerResponse): Request {
+export function toWebRequest(req: IncomingMessage): Request {
   const host = requestHost(req.headers.host);
   const protocol = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
   // Express and Fastify may have rewritten req.url when mounted; originalUrl keeps the full path.
@@ -89,24 +105,18 @@ export function toWebRequest(req: IncomingMessage, res?: ServerResponse): Reques
     if (Array.isArray(value)) for (const item of value) headers.append(name, item);
     else headers.set(name, value);
   }
-  // 'close' on the response fires when the client goes away (SSE ends there); after a complete
-  // answer nothing is left to abort. An upgrade (no response) has no answer to abort.
-  let signal: AbortSignal | undefined;
-  if (res) {
-    const controller = new AbortController();
-    signal = controller.signal;
-    res.once('close', () => {
-      if (!res.writableFinished) controller.abort();
-    });
-  }
   const method = req.method ?? 'GET';
   let request: Request;
   try {
-    request = new Request(`${protocol}://${host}${path.startsWith('/') ? path : `/${path}`}`, { method, headers, signal });
+    request = new Request(`${protocol}://${host}${path.startsWith('/') ? path : `/${path}`}`, { method, headers });
   } catch {
     throw badRequest('malformed request target');
   }
-  noteConnection(request, req.socket?.localAddress, method === 'GET' || method === 'HEAD' ? undefined : req);
+  // No signal: the client leaving is `abandoned()` (its socket), and an event stream ends on the response's 'close'.
+  noteConnection(request, req.socket?.localAddress, {
+    body: method === 'GET' || method === 'HEAD' ? undefined : req,
+    socket: req.socket ?? undefined,
+  });
   return request;
 }
 
@@ -180,7 +190,7 @@ export function nodeHandler(web: WebHandler): (req: IncomingMessage, res: Server
     if (!web.matches(path)) return false;
     let request: Request;
     try {
-      request = toWebRequest(req, res);
+      request = toWebRequest(req);
     } catch (error) {
       // A malformed Host or target: a 400 with a message, never a stack trace.
       await sendWebResponse(res, toSyncError(error).toResponse(), req);

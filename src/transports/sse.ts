@@ -18,7 +18,7 @@
 import type { ServerResponse } from 'node:http';
 import { type LiveScope, reauthorize } from '../core/access.js';
 import type { Authorize, SyncUser } from '../core/config.js';
-import { type ChangeHub, declaredFraming, EntityFilter, type Framing } from '../core/hub.js';
+import { type ChangeHub, declaredFraming, EntityFilter, type Framing, type LiveBatch, type Subscriber } from '../core/hub.js';
 import type { LiveSession, LiveSessions } from '../core/sessions.js';
 
 export interface EventStreamOptions {
@@ -95,11 +95,11 @@ class Heartbeats {
 
 const heartbeats = new Heartbeats();
 
-/** One client's event stream: hub subscription, heartbeats, rights re-checks, slow-consumer bound. */
-class EventStreamSession implements LiveSession {
+/** One client's event stream: hub subscription (it is its own subscriber), heartbeats, rights re-checks, slow-consumer bound. */
+class EventStreamSession implements LiveSession, Subscriber {
   readonly kind = 'sse';
   user: SyncUser | null;
-  private filter: EntityFilter;
+  filter: EntityFilter;
   private sink: EventSink | null = null;
   private unsubscribe: (() => void) | null = null;
   private stopBeating: (() => void) | null = null;
@@ -141,24 +141,25 @@ class EventStreamSession implements LiveSession {
 
   private subscribe(since: number | undefined): void {
     this.unsubscribe?.();
-    const { options } = this;
-    const filter = this.filter;
-    this.cursor = since ?? options.hub.currentVersion;
-    this.unsubscribe = options.hub.subscribe(
-      {
-        filter,
-        deliver: (batch, version, paced) => {
-          this.cursor = version;
-          const frame = batch.framed(filter, this.framing);
-          if (frame) this.send(frame, !paced);
-        },
-        end: () => this.close(),
-        drained: async () => {
-          while (!this.closed && this.sink && this.sink.queued() > options.maxBufferedBytes / 2) await this.sink.drain();
-        },
-      },
-      since,
-    );
+    this.cursor = since ?? this.options.hub.currentVersion;
+    this.unsubscribe = this.options.hub.subscribe(this, since);
+  }
+
+  /** Subscriber: a live batch or catch-up page for this stream's filter. */
+  deliver(batch: LiveBatch, version: number, paced: boolean): void {
+    this.cursor = version;
+    const frame = batch.framed(this.filter, this.framing);
+    if (frame) this.send(frame, !paced);
+  }
+
+  /** Subscriber: the hub stops, or the rows the client holds no longer match (EventSource reconnects and pulls). */
+  end(): void {
+    this.close();
+  }
+
+  /** Subscriber: resolves once the client has taken enough for the next catch-up page. */
+  async drained(): Promise<void> {
+    while (!this.closed && this.sink && this.sink.queued() > this.options.maxBufferedBytes / 2) await this.sink.drain();
   }
 
   ping(): void {
@@ -304,15 +305,25 @@ export function claimNodeEventStream(response: Response, res: ServerResponse): b
   if (!session) return false;
   if (res.destroyed) session.close();
   else res.once('close', () => session.close());
-  session.start({
-    write: (bytes) => {
-      res.write(bytes);
-    },
-    queued: () => res.writableLength,
-    drain: () => drained(res),
-    end: () => res.end(),
-  });
+  session.start(new NodeSink(res));
   return true;
+}
+
+/** A stream's bytes straight into a node:http response (methods, not closures per stream). */
+class NodeSink implements EventSink {
+  constructor(private readonly res: ServerResponse) {}
+  write(bytes: Uint8Array): void {
+    this.res.write(bytes);
+  }
+  queued(): number {
+    return this.res.writableLength;
+  }
+  drain(): Promise<void> {
+    return drained(this.res);
+  }
+  end(): void {
+    this.res.end();
+  }
 }
 
 /** Resolves once `res` has handed its queued bytes to the socket ('drain'), or is gone. */
