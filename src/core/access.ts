@@ -106,7 +106,11 @@ export function checkHost(
  * engines; requests with neither come from non-browser clients, which CSRF
  * cannot forge, so they pass.
  */
-export function checkOrigin(headers: Headers, requestUrl: string, allowedOrigins: readonly string[] | undefined): void {
+export function checkOrigin(
+  headers: { get(name: string): string | null },
+  requestUrl: string,
+  allowedOrigins: readonly string[] | undefined,
+): void {
   const origin = headers.get('origin');
   const site = headers.get('sec-fetch-site');
   if (origin && origin !== 'null') {

@@ -24,14 +24,25 @@ export interface Access {
 /** What a request asks for: `read` (GET of data), `write` (POST) or `live` (event stream, socket). */
 export type RequestKind = 'read' | 'write' | 'live';
 
+/** What checks 1 and 2 read of a request: a Web Request, or a lighter head of a Node upgrade (`requestHead`). */
+export interface RequestHead {
+  readonly url: string;
+  readonly headers: { get(name: string): string | null };
+}
+
 /** Run the checks for one request; resolves to its user (null without an authorize hook). */
 export async function admit(request: Request, access: Access, kind: RequestKind): Promise<SyncUser | null> {
-  admitPublic(request, access);
-  if (kind !== 'read') checkOrigin(request.headers, request.url, access.allowedOrigins);
+  checkRequest(request, access, kind);
   return resolveUser(access.authorize, request);
 }
 
+/** Checks 1 and 2 alone: all there is to admit when no authorize hook names the user. */
+export function checkRequest(request: RequestHead, access: Access, kind: RequestKind): void {
+  admitPublic(request, access);
+  if (kind !== 'read') checkOrigin(request.headers, request.url, access.allowedOrigins);
+}
+
 /** Only host and origin, for the public client files (no authorization). */
-export function admitPublic(request: Request, access: Access): void {
+export function admitPublic(request: RequestHead, access: Access): void {
   checkHost(new URL(request.url).host, arrivedOverLoopback(request), access);
 }

@@ -6,6 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { badRequest, SyncError, toSyncError } from '../core/errors.js';
 import { ErrorCode } from '../core/protocol.js';
+import type { RequestHead } from './gate.js';
 import { absorbErrors, refuseUpgrade } from './socket/refuse.js';
 import { claimNodeEventStream, drained } from './sse.js';
 
@@ -29,10 +30,10 @@ interface Bridged {
   body?: IncomingMessage;
   socket?: Duplex;
 }
-const connections = new WeakMap<Request, Bridged>();
+const connections = new WeakMap<object, Bridged>();
 
 /** Record the local address a Web Request arrived on (adapters whose framework built the Request). */
-export function noteConnection(request: Request, localAddress: string | undefined, bridged: Omit<Bridged, 'loopback'> = {}): void {
+export function noteConnection(request: object, localAddress: string | undefined, bridged: Omit<Bridged, 'loopback'> = {}): void {
   connections.set(request, { loopback: localAddress !== undefined && LOOPBACK_ADDRESS.test(localAddress), ...bridged });
 }
 
@@ -48,7 +49,7 @@ export function abandoned(request: Request): boolean {
 }
 
 /** Whether a request bridged from node:http arrived over a loopback address (false when unknown). */
-export function arrivedOverLoopback(request: Request): boolean {
+export function arrivedOverLoopback(request: object): boolean {
   return connections.get(request)?.loopback ?? false;
 }
 
@@ -95,10 +96,7 @@ export const tooLarge = (maxBytes: number) => new SyncError(ErrorCode.TooLarge, 
  * SyncError for a malformed Host.
  */
 export function toWebRequest(req: IncomingMessage): Request {
-  const host = requestHost(req.headers.host);
-  const protocol = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
-  // Express and Fastify may have rewritten req.url when mounted; originalUrl keeps the full path.
-  const path = (req as { originalUrl?: string }).originalUrl ?? req.url ?? '/';
+  const url = requestUrl(req);
   const headers = new Headers();
   for (const [name, value] of Object.entries(req.headers)) {
     if (value === undefined) continue;
@@ -108,7 +106,7 @@ export function toWebRequest(req: IncomingMessage): Request {
   const method = req.method ?? 'GET';
   let request: Request;
   try {
-    request = new Request(`${protocol}://${host}${path.startsWith('/') ? path : `/${path}`}`, { method, headers });
+    request = new Request(url, { method, headers });
   } catch {
     throw badRequest('malformed request target');
   }
@@ -127,6 +125,40 @@ const wholeBodies = new WeakMap<Response, string | Uint8Array>();
 export function wholeBody(response: Response, body: string | Uint8Array): Response {
   wholeBodies.set(response, body);
   return response;
+}
+
+/** The full URL of a Node request; a 400 SyncError for a malformed Host. */
+function requestUrl(req: IncomingMessage): string {
+  const host = requestHost(req.headers.host);
+  const protocol = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
+  // Express and Fastify may have rewritten req.url when mounted; originalUrl keeps the full path.
+  const path = (req as { originalUrl?: string }).originalUrl ?? req.url ?? '/';
+  return `${protocol}://${host}${path.startsWith('/') ? path : `/${path}`}`;
+}
+
+/**
+ * What the gate's host and origin checks read of a Node request, without a
+ * Web Request: an upgrade with no authorize hook needs nothing more, and a
+ * Request (its Headers, its URL) was most of what a handshake left to collect.
+ */
+export function requestHead(req: IncomingMessage): RequestHead {
+  const url = requestUrl(req);
+  try {
+    new URL(url);
+  } catch {
+    throw badRequest('malformed request target');
+  }
+  const head: RequestHead = {
+    url,
+    headers: {
+      get(name) {
+        const value = req.headers[name.toLowerCase()];
+        return value === undefined ? null : Array.isArray(value) ? value.join(', ') : value;
+      },
+    },
+  };
+  noteConnection(head, req.socket?.localAddress);
+  return head;
 }
 
 /** Write a Web Response to a Node response, respecting backpressure for streams. */

@@ -38,9 +38,10 @@ export class SyncConnection implements LiveSession, Subscriber {
   alive = true;
   /** Requests received and not yet answered. */
   pending = 0;
-  private chain: Promise<void> = Promise.resolve();
+  /** The last request queued, while any is unanswered (null when idle: no promise kept per idle socket). */
+  private chain: Promise<void> | null = null;
   private readonly messages: Budget;
-  private drainWaiters: Array<() => void> = [];
+  private drainWaiters: Array<() => void> | null = null;
   private closed = false;
 
   constructor(
@@ -130,16 +131,19 @@ export class SyncConnection implements LiveSession, Subscriber {
    */
   async drained(): Promise<void> {
     while (this.open && this.socket.bufferedAmount > this.limits.maxBufferedBytes / 2) {
-      await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+      await new Promise<void>((resolve) => {
+        this.drainWaiters ??= [];
+        this.drainWaiters.push(resolve);
+      });
     }
     await this.rowBudget();
   }
 
   private wakeDrainWaiters(): void {
-    if (this.drainWaiters.length === 0) return;
+    if (this.drainWaiters === null) return;
     if (!this.closed && this.socket.bufferedAmount > this.limits.maxBufferedBytes / 2) return;
     const waiters = this.drainWaiters;
-    this.drainWaiters = [];
+    this.drainWaiters = null;
     for (const resolve of waiters) resolve();
   }
 
@@ -163,11 +167,12 @@ export class SyncConnection implements LiveSession, Subscriber {
   enqueue(work: () => Promise<void>): void {
     this.pending++;
     // Each request starts in a turn of its own, so I/O of other clients runs between one socket's requests.
-    this.chain = this.chain
+    this.chain = (this.chain ?? Promise.resolve())
       .then(() => new Promise<void>((resolve) => setImmediate(resolve)))
       .then(work)
       .finally(() => {
-        this.pending--;
+        // The last answered: nothing is queued behind it (enqueue counts before it chains).
+        if (--this.pending === 0) this.chain = null;
       });
   }
 

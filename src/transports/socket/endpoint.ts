@@ -27,7 +27,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { WebSocket } from 'ws';
+import type { RawData, WebSocket } from 'ws';
 import type { LiveScope } from '../../core/access.js';
 import type { SyncLimits, SyncUser } from '../../core/config.js';
 import { badRequest, SyncError, toSyncError } from '../../core/errors.js';
@@ -35,8 +35,8 @@ import { type ChangeHub, declaredFraming, EntityFilter, type Family } from '../.
 import { CloseCode, ErrorCode } from '../../core/protocol.js';
 import type { PullParams } from '../../core/sync-service.js';
 import { parseJson } from '../../core/validation.js';
-import { type Access, admit } from '../gate.js';
-import { toWebRequest } from '../node.js';
+import { type Access, admit, checkRequest } from '../gate.js';
+import { requestHead, toWebRequest } from '../node.js';
 import { createSocketServer, type Rescoping, SyncConnection, WS_FRAMINGS } from './connection.js';
 import { absorbErrors, refuseUpgrade } from './refuse.js';
 
@@ -151,11 +151,14 @@ export class SocketEndpoint implements Rescoping {
     settle: () => void,
   ): Promise<void> {
     let release: () => void = () => {};
-    let webRequest: Request;
-    let user: SyncUser | null;
+    // A Web Request only for an authorize hook (it gets it, and rights re-checks keep it).
+    let webRequest: Request | null = null;
+    let user: SyncUser | null = null;
     try {
-      webRequest = toWebRequest(request);
-      user = await admit(webRequest, this.options, 'live');
+      if (this.options.authorize) {
+        webRequest = toWebRequest(request);
+        user = await admit(webRequest, this.options, 'live');
+      } else checkRequest(requestHead(request), this.options, 'live');
       // Reset (RST) or closed (FIN, as a closed tab sends) while authorize ran: no slot for a connection already gone.
       if (socket.destroyed || !socket.readable || !socket.writable) {
         socket.destroy();
@@ -177,7 +180,7 @@ export class SocketEndpoint implements Rescoping {
         release();
         return;
       }
-      this.accept(family, framing, ws, user, this.options.authorize ? webRequest : null, release, request.socket.remoteAddress);
+      this.accept(family, framing, ws, user, webRequest, release, request.socket.remoteAddress);
     });
   }
 
@@ -194,25 +197,23 @@ export class SocketEndpoint implements Rescoping {
     const connection = new SyncConnection(socket, this.options.limits, user, request, this, family.family, held.rows, framing);
     this.connections.add(connection);
     const forget = this.options.sessions.add(connection);
-    socket.on('pong', () => {
-      connection.alive = true;
-    });
-    socket.on('message', (data, isBinary) => {
-      connection.alive = true;
-      this.onMessage(connection, data as Buffer, isBinary);
-    });
-    socket.on('close', () => {
-      connection.closedBySocket();
-      this.connections.delete(connection);
-      forget();
-      held.release();
-      release();
-    });
-    socket.on('error', () => socket.terminate());
+    // One record per socket read by listeners shared by every socket (`this` is the socket), not four closures each.
+    (socket as OwnedSocket)[OWNER] = { endpoint: this, connection, releases: [forget, held.release, release] };
+    socket.on('pong', onPong);
+    socket.on('message', onMessage);
+    socket.on('close', onClose);
+    socket.on('error', onError);
     connection.send(family.hello());
   }
 
-  private onMessage(connection: SyncConnection, data: Buffer, isBinary: boolean): void {
+  /** A socket closed: its subscription, its place and its slots are given back. */
+  closed(owner: Owner): void {
+    owner.connection.closedBySocket();
+    this.connections.delete(owner.connection);
+    for (const release of owner.releases) release();
+  }
+
+  onMessage(connection: SyncConnection, data: Buffer, isBinary: boolean): void {
     const limits = this.options.limits;
     // Over the rate, a socket is closed unanswered: answering would be the work the limit exists to bound.
     if (!connection.takeMessage()) {
@@ -325,6 +326,34 @@ export class SocketEndpoint implements Rescoping {
     for (const connection of this.connections) connection.close(CloseCode.GoingAway, 'server shutting down');
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
+}
+
+/** What a socket's shared listeners need: its endpoint, its connection, what its close gives back. */
+interface Owner {
+  endpoint: SocketEndpoint;
+  connection: SyncConnection;
+  releases: Array<() => void>;
+}
+const OWNER = Symbol('rhtmx-sync socket owner');
+type OwnedSocket = WebSocket & { [OWNER]: Owner };
+
+function onPong(this: WebSocket): void {
+  (this as OwnedSocket)[OWNER].connection.alive = true;
+}
+
+function onMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
+  const { endpoint, connection } = (this as OwnedSocket)[OWNER];
+  connection.alive = true;
+  endpoint.onMessage(connection, data as Buffer, isBinary);
+}
+
+function onClose(this: WebSocket): void {
+  const owner = (this as OwnedSocket)[OWNER];
+  owner.endpoint.closed(owner);
+}
+
+function onError(this: WebSocket): void {
+  this.terminate();
 }
 
 /**
