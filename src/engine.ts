@@ -381,6 +381,7 @@ export class SyncEngine {
       latestVersion,
       fannedOutVersion: hub.currentVersion,
       lag: Math.max(0, latestVersion - hub.currentVersion),
+      laggedConsumers: hub.lagged,
     };
   }
 

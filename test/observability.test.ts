@@ -81,6 +81,7 @@ describe('metrics, Prometheus, tracing and logging', () => {
     assert.match(text, /^rhtmx_push_results_total\{outcome="applied"\} 2$/m);
     assert.match(text, /^rhtmx_log_size 2$/m);
     assert.match(text, /^rhtmx_lag_versions 0$/m);
+    assert.match(text, /^rhtmx_lagged_consumers_total 0$/m);
     assert.match(text, /^rhtmx_fanout_seconds_count [1-9]\d*$/m);
     listener.close();
     prometheus.stop();

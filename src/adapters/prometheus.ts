@@ -79,6 +79,9 @@ export async function prometheusMetrics(engine: SyncEngine, options: PrometheusO
   gauge('log_size', 'Rows in the change log', async (g) => g.set((await snapshot()).logSize));
   gauge('latest_version', 'Newest change-log version in the database', async (g) => g.set((await snapshot()).latestVersion));
   gauge('lag_versions', 'Versions this node is behind the database', async (g) => g.set((await snapshot()).lag));
+  gauge('lagged_consumers_total', 'Times a live connection fell behind and was caught up from the log', async (g) =>
+    g.set((await snapshot()).laggedConsumers),
+  );
   const fanout = new client.Histogram({
     name: `${prefix}fanout_seconds`,
     help: 'Time to hand one batch of changes to every live connection',

@@ -262,15 +262,26 @@ export class EntityFilter {
   }
 }
 
+/**
+ * How a batch reaches a subscriber: `live`, a page of the catch-up it asked
+ * for (`replay`: it subscribed from an older cursor), or a page of the
+ * catch-up the hub runs because it lagged (`lag`: a live batch it could not
+ * take; only the newest version of each row of the page is sent).
+ */
+export type Delivery = 'live' | 'replay' | 'lag';
+
 /** What a transport gives the hub for one connection. */
 export interface Subscriber {
   filter: EntityFilter;
   /**
-   * Deliver one batch; `version` is the cursor after it. `paced` is true for
-   * catch-up pages, which wait on `drained()` and so must not count as a
-   * consumer falling behind.
+   * Deliver one batch; `version` is the cursor after it. Catch-up pages
+   * (`replay`, `lag`) wait on `drained()` and so must not count as a
+   * consumer falling behind. A live batch may be refused (false) when the
+   * consumer is behind: its cursor stays, and once it has drained the hub
+   * catches it up from the log and hands it back to live delivery, so a slow
+   * consumer lags instead of being dropped.
    */
-  deliver(batch: LiveBatch, version: number, paced: boolean): void;
+  deliver(batch: LiveBatch, version: number, delivery: Delivery): boolean;
   /** Called when the hub stops (engine closing): end the connection so servers can close. */
   end?(): void;
   /**
@@ -320,6 +331,8 @@ export class ChangeHub {
   private readonly subscribers = new Set<SubscriberState>();
   /** Subscribers of field changes: the hub reads them only while someone listens. */
   private fieldSubscribers = 0;
+  /** Times a subscriber lagged (refused a live batch) and was caught up from the log instead of being dropped. */
+  lagged = 0;
   private version = 0;
   private reading = false;
   private wakeAgain = false;
@@ -572,24 +585,37 @@ export class ChangeHub {
         continue;
       }
       if (state.cursor >= batch.version) continue;
-      state.cursor = batch.version;
-      this.safeDeliver(state, batch);
+      // Behind: it keeps its cursor, and catches up from the log once it has room.
+      if (this.safeDeliver(state, batch, 'live')) state.cursor = batch.version;
+      else void this.catchUp(state, true);
     }
   }
 
-  private safeDeliver(state: SubscriberState, batch: LiveBatch, paced = false): void {
+  /** Whether the subscriber took the batch (one that throws counts as taken: it is not retried). */
+  private safeDeliver(state: SubscriberState, batch: LiveBatch, delivery: Delivery): boolean {
     try {
-      state.subscriber.deliver(batch, batch.version, paced);
+      return state.subscriber.deliver(batch, batch.version, delivery);
     } catch (error) {
       this.onError(error);
+      return true;
     }
   }
 
-  /** Read the subscriber's missing range from the log, then hand it back to live delivery. */
-  private async catchUp(state: SubscriberState): Promise<void> {
+  /**
+   * Read the subscriber's missing range from the log, then hand it back to
+   * live delivery. `lagged`: it refused a live batch; it is first waited for
+   * until it has room, and is sent only the newest version of each row of a
+   * page (what its replica must end up with).
+   */
+  private async catchUp(state: SubscriberState, lagged = false): Promise<void> {
     if (state.catchingUp) return;
     state.catchingUp = true;
     try {
+      if (lagged) {
+        this.lagged++;
+        await state.subscriber.drained?.();
+        if (state.closed) return;
+      }
       // A cursor below an entity's horizon cannot be served from the log: that entity must be pulled
       // again, and replaying the rest of the log to a subscriber told so would only be thrown away.
       const stale = (await this.source.prunedAbove(state.cursor)).filter(({ entity }) => this.tellRefetch(state, entity));
@@ -604,9 +630,11 @@ export class ChangeHub {
         if (upTo <= state.cursor) break;
         const changes = page.changes.filter((change) => change.version <= upTo);
         const fieldChanges = page.fieldChanges?.filter((change) => change.version <= upTo) ?? null;
-        const batch = new LiveBatch(state.cursor, upTo, changes, fieldChanges);
+        const batch = lagged
+          ? new LiveBatch(state.cursor, upTo, newestOf(changes, rowKey), fieldChanges && newestOf(fieldChanges, fieldKey))
+          : new LiveBatch(state.cursor, upTo, changes, fieldChanges);
         state.cursor = upTo;
-        this.safeDeliver(state, batch, true);
+        this.safeDeliver(state, batch, lagged ? 'lag' : 'replay');
         await state.subscriber.drained?.();
       }
     } catch (error) {
@@ -632,3 +660,13 @@ export class ChangeHub {
     this.waiters = [];
   }
 }
+
+/** The newest entry of each key, in log order (a page of a lagging subscriber's catch-up). */
+function newestOf<T>(entries: readonly T[], key: (entry: T) => string): T[] {
+  const newest = new Map<string, number>();
+  for (const [index, entry] of entries.entries()) newest.set(key(entry), index);
+  return newest.size === entries.length ? [...entries] : entries.filter((entry, index) => newest.get(key(entry)) === index);
+}
+
+const rowKey = (change: Change): string => `${change.entity}\u0000${change.id}`;
+const fieldKey = (change: FieldChange): string => `${change.entity}\u0000${change.entity_id}\u0000${change.field}`;

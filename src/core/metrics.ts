@@ -85,4 +85,6 @@ export interface MetricsSnapshot {
   fannedOutVersion: number;
   /** How many versions this node is behind the database. */
   lag: number;
+  /** Times a live connection fell behind and was caught up from the log instead of being sent more (docs/protocol.md, "Slow consumers"). */
+  laggedConsumers: number;
 }

@@ -18,7 +18,15 @@
 import type { ServerResponse } from 'node:http';
 import { type LiveScope, reauthorize } from '../core/access.js';
 import type { Authorize, SyncUser } from '../core/config.js';
-import { type ChangeHub, declaredFraming, EntityFilter, type Framing, type LiveBatch, type Subscriber } from '../core/hub.js';
+import {
+  type ChangeHub,
+  type Delivery,
+  declaredFraming,
+  EntityFilter,
+  type Framing,
+  type LiveBatch,
+  type Subscriber,
+} from '../core/hub.js';
 import type { LiveSession, LiveSessions } from '../core/sessions.js';
 
 export interface EventStreamOptions {
@@ -145,11 +153,20 @@ class EventStreamSession implements LiveSession, Subscriber {
     this.unsubscribe = this.options.hub.subscribe(this, since);
   }
 
-  /** Subscriber: a live batch or catch-up page for this stream's filter. */
-  deliver(batch: LiveBatch, version: number, paced: boolean): void {
-    this.cursor = version;
+  /** Subscriber: a live batch or catch-up page for this stream's filter; a live one is refused while the stream is behind. */
+  deliver(batch: LiveBatch, version: number, delivery: Delivery): boolean {
     const frame = batch.framed(this.filter, this.framing);
-    if (frame) this.send(frame, !paced);
+    if (frame && delivery === 'live' && this.behind(frame.byteLength)) return false;
+    this.cursor = version;
+    if (frame) this.send(frame);
+    return true;
+  }
+
+  /** Over half `maxBufferedBytes` queued, or `bytes` more would pass it: the hub catches the stream up once it drains. */
+  private behind(bytes: number): boolean {
+    const queued = this.sink?.queued() ?? 0;
+    if (queued === 0) return false;
+    return queued > this.options.maxBufferedBytes / 2 || queued + bytes > this.options.maxBufferedBytes;
   }
 
   /** Subscriber: the hub stops, or the rows the client holds no longer match (EventSource reconnects and pulls). */
@@ -186,18 +203,10 @@ class EventStreamSession implements LiveSession, Subscriber {
     }
   }
 
-  /**
-   * Every frame counts against `maxBufferedBytes`; past it the stream ends and
-   * EventSource reconnects with Last-Event-ID. Catch-up pages wait for room first.
-   */
-  private send(bytes: Uint8Array, live = false): void {
-    const sink = this.sink;
-    if (this.closed || !sink) return;
-    if (live && sink.queued() + bytes.byteLength > this.options.maxBufferedBytes) {
-      this.close();
-      return;
-    }
-    sink.write(bytes);
+  /** Write a frame; `deliver` refuses a live batch before it would take the queue past `maxBufferedBytes`. */
+  private send(bytes: Uint8Array): void {
+    if (this.closed || !this.sink) return;
+    this.sink.write(bytes);
   }
 
   close(): void {

@@ -7,7 +7,7 @@ import { type WebSocket, WebSocketServer } from 'ws';
 import { reauthorize } from '../../core/access.js';
 import type { Authorize, SyncLimits, SyncUser } from '../../core/config.js';
 import { toSyncError } from '../../core/errors.js';
-import { EntityFilter, type Family, type Framing, type LiveBatch, type Subscriber } from '../../core/hub.js';
+import { type Delivery, EntityFilter, type Family, type Framing, type LiveBatch, type Subscriber } from '../../core/hub.js';
 import { CLOSE_MUST_REFETCH, CloseCode } from '../../core/protocol.js';
 import { Budget, type LiveSession } from '../../core/sessions.js';
 
@@ -71,14 +71,29 @@ export class SyncConnection implements LiveSession, Subscriber {
     this.wakeDrainWaiters();
   }
 
-  /** Subscriber: one live batch or catch-up page for this socket's filter. */
-  deliver(batch: LiveBatch, version: number, paced: boolean): void {
-    this.cursor = version;
-    // Replayed pages cost what they read; live batches are read once for everyone.
-    if (paced) this.spendRows(batch.changes.length + (batch.fieldChanges?.length ?? 0));
+  /**
+   * Subscriber: one live batch or catch-up page for this socket's filter. A
+   * live batch is refused while the queue is over half `maxBufferedBytes` or
+   * would pass it: the hub catches the socket up once it drains.
+   */
+  deliver(batch: LiveBatch, version: number, delivery: Delivery): boolean {
     // One frame per batch, or one per change for a client of the original crate.
     const frames = batch.framed(this.filter, this.framing);
-    if (frames !== null) this.sendAll(frames, !paced, paced);
+    if (frames !== null && delivery === 'live' && this.behind(frames)) return false;
+    this.cursor = version;
+    // Pages it asked for cost what they read; live batches, and the catch-up of a lag, are read once for everyone.
+    if (delivery === 'replay') this.spendRows(batch.changes.length + (batch.fieldChanges?.length ?? 0));
+    if (frames !== null) this.sendAll(frames, delivery === 'live', delivery !== 'live');
+    return true;
+  }
+
+  /** The queue is over half its bound, or these frames would take it past the bound. */
+  private behind(frames: readonly Buffer[]): boolean {
+    const queued = this.socket.bufferedAmount;
+    if (queued === 0) return false;
+    let size = 0;
+    for (const frame of frames) size += frame.byteLength;
+    return queued > this.limits.maxBufferedBytes / 2 || queued + size > this.limits.maxBufferedBytes;
   }
 
   /** Subscriber: the rows it holds of `entity` no longer match its table. */
@@ -92,10 +107,11 @@ export class SyncConnection implements LiveSession, Subscriber {
 
   /**
    * Send a reply or a batch. Replies and live batches count together against
-   * `maxBufferedBytes`: one that would take the queue past it (behind bytes the
-   * client has not taken yet) closes the socket with 4008, and the client
-   * catches up by pull. Catch-up pages (`paced`) are read only once the queue
-   * is below half the bound, so they are bounded by that pacing instead.
+   * `maxBufferedBytes`: a reply that would take the queue past it (behind
+   * bytes the client has not taken yet) closes the socket with 4008, and the
+   * client catches up by pull; a live batch is refused before that (`deliver`:
+   * the socket lags). Catch-up pages (`paced`) are read only once the queue is
+   * below half the bound, so they are bounded by that pacing instead.
    */
   send(message: object | string | Buffer, live = false, paced = false): boolean {
     const data = typeof message === 'string' || Buffer.isBuffer(message) ? message : JSON.stringify(message);
