@@ -99,12 +99,14 @@ function prepareTable(db: Database, schema: TableSchema) {
     db.prepare(`SELECT ${idText}, ${rowJson('t')} AS data, ${version} AS version FROM ${table} t ${where} ORDER BY t.${key} LIMIT ?`),
   ) as [Statement, Statement];
   // The same page as one string of change objects (core/store.ts snapshotJson's shape): no row objects, no JSON parse in JS.
+  // group_concat takes them in the subquery's key order (a LIMIT subquery is not flattened); an ORDER BY
+  // inside it would sort the page's strings again, 40 % of the query, for an order no client relies on.
   const change = `'{"entity":' || ${literal(JSON.stringify(schema.entity))} || ',"id":' || json_quote(CAST(t.${key} AS TEXT))
     || ',"entity_id":' || json_quote(CAST(t.${key} AS TEXT)) || ',"action":"create","data":' || ${rowJson('t')}
     || ',"version":' || ${version} || '}'`;
   const [firstJson, nextJson] = ['', `WHERE t.${key} > ?`].map((where) =>
     db.prepare(
-      `SELECT '[' || COALESCE(group_concat(c, ',' ORDER BY k), '') || ']' AS json, count(*) AS count, CAST(max(k) AS TEXT) AS last
+      `SELECT '[' || COALESCE(group_concat(c, ','), '') || ']' AS json, count(*) AS count, CAST(max(k) AS TEXT) AS last
          FROM (SELECT t.${key} AS k, ${change} AS c FROM ${table} t ${where} ORDER BY t.${key} LIMIT ?)`,
     ),
   ) as [Statement, Statement];
