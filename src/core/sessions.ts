@@ -71,6 +71,9 @@ export class Budget {
   }
 }
 
+/** What an anonymous connection gives back: no slot was taken (one function for all of them). */
+const NOTHING_HELD = (): void => {};
+
 /** Principals whose budgets are kept while they hold no connection, before full ones are forgotten. */
 const KEPT_IDLE_BUDGETS = 1024;
 
@@ -126,7 +129,7 @@ export class LiveSessions {
    * returns its release, which is safe to call any number of times.
    */
   acquire(user: SyncUser | null): () => void {
-    if (!user) return () => {};
+    if (!user) return NOTHING_HELD;
     const count = this.slots.get(user.id) ?? 0;
     if (count >= this.maxPerUser) {
       throw new SyncError(ErrorCode.RateLimited, `at most ${this.maxPerUser} live connections per user`, 429);

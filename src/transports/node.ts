@@ -172,12 +172,15 @@ export async function sendWebResponse(res: ServerResponse, response: Response, r
   if (req && !req.complete && method !== 'GET' && method !== 'HEAD') headers.connection = 'close';
   const setCookies = response.headers.getSetCookie?.();
   if (setCookies && setCookies.length > 0) headers['set-cookie'] = setCookies;
+  const whole = wholeBodies.get(response);
+  // A whole body goes with its length: no chunked framing around one chunk.
+  if (whole !== undefined && !response.bodyUsed)
+    headers['content-length'] = String(typeof whole === 'string' ? Buffer.byteLength(whole) : whole.byteLength);
   res.writeHead(response.status, headers);
   if (!response.body || method === 'HEAD') {
     res.end();
     return;
   }
-  const whole = wholeBodies.get(response);
   if (whole !== undefined && !response.bodyUsed) {
     res.end(whole);
     return;
