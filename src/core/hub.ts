@@ -270,6 +270,15 @@ export class EntityFilter {
  */
 export type Delivery = 'live' | 'replay' | 'lag';
 
+/**
+ * A consumer's rule for refusing a live batch (`Subscriber.deliver`): with
+ * `queued` bytes not yet taken, it is behind when they are over half of
+ * `maxBufferedBytes` or `bytes` more would pass it. An empty queue always
+ * takes the batch. Catch-up pages wait until `queued` is below half.
+ */
+export const behind = (queued: number, bytes: number, maxBufferedBytes: number): boolean =>
+  queued > 0 && (queued > maxBufferedBytes / 2 || queued + bytes > maxBufferedBytes);
+
 /** What a transport gives the hub for one connection. */
 export interface Subscriber {
   filter: EntityFilter;
@@ -662,10 +671,10 @@ export class ChangeHub {
 }
 
 /** The newest entry of each key, in log order (a page of a lagging subscriber's catch-up). */
-function newestOf<T>(entries: readonly T[], key: (entry: T) => string): T[] {
+function newestOf<T>(entries: T[], key: (entry: T) => string): T[] {
   const newest = new Map<string, number>();
   for (const [index, entry] of entries.entries()) newest.set(key(entry), index);
-  return newest.size === entries.length ? [...entries] : entries.filter((entry, index) => newest.get(key(entry)) === index);
+  return newest.size === entries.length ? entries : entries.filter((entry, index) => newest.get(key(entry)) === index);
 }
 
 const rowKey = (change: Change): string => `${change.entity}\u0000${change.id}`;

@@ -97,34 +97,28 @@ export async function pullResponse(request: Request, params: PullParams, read: P
   return new Response(Readable.toWeb(body) as ReadableStream<Uint8Array>, { headers });
 }
 
-/** Read a request body as text, refusing it as soon as it passes the limit. */
+/** Read a request body as text, refusing it as soon as it passes the limit (a Node-bridged body from its Node stream). */
 export async function readBody(request: Request, maxBytes: number): Promise<string> {
   const declared = Number(request.headers.get('content-length') ?? '0');
   if (declared > maxBytes) throw tooLarge(maxBytes);
-  const bridged = nodeBody(request, maxBytes);
-  if (bridged) return new TextDecoder().decode(await bridged);
-  if (!request.body) return '';
-  const reader = request.body.getReader();
+  // A web ReadableStream is async iterable in Node 20 (the DOM typings do not say so).
+  const source = nodeBody(request) ?? (request.body as AsyncIterable<Uint8Array> | null);
+  if (!source) return '';
   const chunks: Uint8Array[] = [];
   let total = 0;
-  for (;;) {
-    let chunk: ReadableStreamReadResult<Uint8Array>;
-    try {
-      chunk = await reader.read();
-    } catch {
-      // The client reset the connection mid-body: nobody is left to answer, and it is no server fault.
-      throw new SyncError(ErrorCode.BadRequest, 'request body aborted', 400);
+  try {
+    for await (const chunk of source) {
+      total += chunk.byteLength;
+      // Leaving the loop cancels a web body; a Node body is left unread, its connection closed by the answer.
+      if (total > maxBytes) throw tooLarge(maxBytes);
+      chunks.push(chunk);
     }
-    const { done, value } = chunk;
-    if (done) break;
-    total += value.byteLength;
-    if (total > maxBytes) {
-      await reader.cancel().catch(() => {});
-      throw tooLarge(maxBytes);
-    }
-    chunks.push(value);
+  } catch (error) {
+    if (error instanceof SyncError) throw error;
+    // The client reset the connection mid-body: nobody is left to answer, and it is no server fault.
+    throw new SyncError(ErrorCode.BadRequest, 'request body aborted', 400);
   }
-  return new TextDecoder().decode(Buffer.concat(chunks));
+  return new TextDecoder().decode(chunks.length === 1 ? (chunks[0] as Uint8Array) : Buffer.concat(chunks));
 }
 
 /**

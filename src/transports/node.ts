@@ -54,38 +54,13 @@ export function arrivedOverLoopback(request: object): boolean {
 }
 
 /**
- * The body of a request bridged from node:http, read straight from its Node
- * stream (the Web Request carries none: a web stream around it cost more than
- * the rest of a one-change push). Undefined for other requests.
+ * The body of a request bridged from node:http, as chunks read straight from
+ * its Node stream (the Web Request carries none: a web stream around it cost
+ * more than the rest of a one-change push). Leaving the loop early leaves the
+ * rest unread: the answer then closes the connection. Undefined for other requests.
  */
-export function nodeBody(request: Request, maxBytes: number): Promise<Uint8Array> | undefined {
-  const source = connections.get(request)?.body;
-  return source && readNodeStream(source, maxBytes);
-}
-
-/** Read a Node stream to its end: a 413 past `maxBytes` (the rest stays unread), a 400 when the client resets mid-body. */
-function readNodeStream(source: IncomingMessage, maxBytes: number): Promise<Uint8Array> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let total = 0;
-    const settle = (error?: SyncError) => {
-      source.off('data', onData).off('end', onEnd).off('close', onClose).off('error', onClose);
-      if (error) {
-        source.pause();
-        reject(error);
-      } else resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
-    };
-    const onData = (chunk: Buffer) => {
-      total += chunk.byteLength;
-      if (total > maxBytes) settle(tooLarge(maxBytes));
-      else chunks.push(chunk);
-    };
-    const onEnd = () => settle();
-    // The client reset the connection mid-body: nobody is left to answer, and it is no server fault.
-    const onClose = () => settle(new SyncError(ErrorCode.BadRequest, 'request body aborted', 400));
-    if (source.readableEnded) return resolve(new Uint8Array(0));
-    source.on('data', onData).once('end', onEnd).once('close', onClose).once('error', onClose);
-  });
+export function nodeBody(request: Request): AsyncIterable<Uint8Array> | undefined {
+  return connections.get(request)?.body?.iterator({ destroyOnReturn: false });
 }
 
 export const tooLarge = (maxBytes: number) => new SyncError(ErrorCode.TooLarge, `request body exceeds ${maxBytes} bytes`, 413);
@@ -172,16 +147,15 @@ export async function sendWebResponse(res: ServerResponse, response: Response, r
   if (req && !req.complete && method !== 'GET' && method !== 'HEAD') headers.connection = 'close';
   const setCookies = response.headers.getSetCookie?.();
   if (setCookies && setCookies.length > 0) headers['set-cookie'] = setCookies;
-  const whole = wholeBodies.get(response);
-  // A whole body goes with its length: no chunked framing around one chunk.
-  if (whole !== undefined && !response.bodyUsed)
-    headers['content-length'] = String(typeof whole === 'string' ? Buffer.byteLength(whole) : whole.byteLength);
+  // The engine's own whole body, unread: sent as it is, with its length (no chunked framing around one chunk).
+  const whole = response.bodyUsed ? undefined : wholeBodies.get(response);
+  if (whole !== undefined) headers['content-length'] = String(typeof whole === 'string' ? Buffer.byteLength(whole) : whole.byteLength);
   res.writeHead(response.status, headers);
   if (!response.body || method === 'HEAD') {
     res.end();
     return;
   }
-  if (whole !== undefined && !response.bodyUsed) {
+  if (whole !== undefined) {
     res.end(whole);
     return;
   }

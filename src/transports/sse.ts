@@ -19,6 +19,7 @@ import type { ServerResponse } from 'node:http';
 import { type LiveScope, reauthorize } from '../core/access.js';
 import type { Authorize, SyncUser } from '../core/config.js';
 import {
+  behind,
   type ChangeHub,
   type Delivery,
   declaredFraming,
@@ -156,17 +157,10 @@ class EventStreamSession implements LiveSession, Subscriber {
   /** Subscriber: a live batch or catch-up page for this stream's filter; a live one is refused while the stream is behind. */
   deliver(batch: LiveBatch, version: number, delivery: Delivery): boolean {
     const frame = batch.framed(this.filter, this.framing);
-    if (frame && delivery === 'live' && this.behind(frame.byteLength)) return false;
+    if (frame && delivery === 'live' && behind(this.sink?.queued() ?? 0, frame.byteLength, this.options.maxBufferedBytes)) return false;
     this.cursor = version;
     if (frame) this.send(frame);
     return true;
-  }
-
-  /** Over half `maxBufferedBytes` queued, or `bytes` more would pass it: the hub catches the stream up once it drains. */
-  private behind(bytes: number): boolean {
-    const queued = this.sink?.queued() ?? 0;
-    if (queued === 0) return false;
-    return queued > this.options.maxBufferedBytes / 2 || queued + bytes > this.options.maxBufferedBytes;
   }
 
   /** Subscriber: the hub stops, or the rows the client holds no longer match (EventSource reconnects and pulls). */

@@ -7,7 +7,7 @@ import { type WebSocket, WebSocketServer } from 'ws';
 import { reauthorize } from '../../core/access.js';
 import type { Authorize, SyncLimits, SyncUser } from '../../core/config.js';
 import { toSyncError } from '../../core/errors.js';
-import { type Delivery, EntityFilter, type Family, type Framing, type LiveBatch, type Subscriber } from '../../core/hub.js';
+import { behind, type Delivery, EntityFilter, type Family, type Framing, type LiveBatch, type Subscriber } from '../../core/hub.js';
 import { CLOSE_MUST_REFETCH, CloseCode } from '../../core/protocol.js';
 import { Budget, type LiveSession } from '../../core/sessions.js';
 
@@ -19,6 +19,13 @@ const idleFilter = (family: Family): EntityFilter => {
   const filter = new EntityFilter(new Set(), false, undefined, family);
   IDLE_FILTERS.set(family, filter);
   return filter;
+};
+
+/** The bytes a batch's frames take on the wire. */
+const byteSize = (frames: ReadonlyArray<string | Buffer>): number => {
+  let size = 0;
+  for (const frame of frames) size += typeof frame === 'string' ? Buffer.byteLength(frame) : frame.byteLength;
+  return size;
 };
 
 /** What a connection asks of its endpoint when its rights are re-checked. */
@@ -79,21 +86,14 @@ export class SyncConnection implements LiveSession, Subscriber {
   deliver(batch: LiveBatch, version: number, delivery: Delivery): boolean {
     // One frame per batch, or one per change for a client of the original crate.
     const frames = batch.framed(this.filter, this.framing);
-    if (frames !== null && delivery === 'live' && this.behind(frames)) return false;
+    if (frames !== null && delivery === 'live' && behind(this.socket.bufferedAmount, byteSize(frames), this.limits.maxBufferedBytes)) {
+      return false;
+    }
     this.cursor = version;
     // Pages it asked for cost what they read; live batches, and the catch-up of a lag, are read once for everyone.
     if (delivery === 'replay') this.spendRows(batch.changes.length + (batch.fieldChanges?.length ?? 0));
     if (frames !== null) this.sendAll(frames, delivery === 'live', delivery !== 'live');
     return true;
-  }
-
-  /** The queue is over half its bound, or these frames would take it past the bound. */
-  private behind(frames: readonly Buffer[]): boolean {
-    const queued = this.socket.bufferedAmount;
-    if (queued === 0) return false;
-    let size = 0;
-    for (const frame of frames) size += frame.byteLength;
-    return queued > this.limits.maxBufferedBytes / 2 || queued + size > this.limits.maxBufferedBytes;
   }
 
   /** Subscriber: the rows it holds of `entity` no longer match its table. */
@@ -125,8 +125,7 @@ export class SyncConnection implements LiveSession, Subscriber {
    */
   sendAll(frames: ReadonlyArray<string | Buffer>, live = false, paced = false): boolean {
     if (!this.open || frames.length === 0) return false;
-    let size = 0;
-    for (const frame of frames) size += typeof frame === 'string' ? Buffer.byteLength(frame) : frame.byteLength;
+    const size = byteSize(frames);
     const queued = this.socket.bufferedAmount;
     if (!paced && queued > 0 && queued + size > this.limits.maxBufferedBytes) {
       this.close(CloseCode.SlowConsumer, 'slow consumer: reconnect and pull');
